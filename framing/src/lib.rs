@@ -1,0 +1,18 @@
+//! The connector protocol of `shared/spec/connector-protocol.md`.
+//!
+//! This crate is the single owner of the wire format spoken between connectors and the
+//! engine: typed [`Frame`]s, the [`ProtocolCodec`] and [`PlainCodec`] codecs for
+//! `tokio_util::codec`, and small I/O-free state machines ([`session`]) that both ends
+//! use for the handshake, credits and per-stream de-duplication.
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod session;
+
+pub use codec::{PlainCodec, ProtocolCodec, DEFAULT_MAX_FRAME};
+pub use error::FrameError;
+pub use frame::{encode_message, Frame, Hello, Message, Tag, PROTOCOL_VERSION};
+pub use session::{
+    check_hello, stream_id_for, Credits, StreamError, StreamState, StreamTable, NOTHING_PROCESSED,
+};
