@@ -1,1 +1,49 @@
+//! The library every connector binary is written against.
+//!
+//! A connector file stays short because everything generic lives here:
+//! - [`args`]: the seed's argument conventions (`--application-module`, `--connector NAME`,
+//!   `--NAME-PARAM`, `[..connectors.NAME.params]`, `NAME_PARAM` environment variables).
+//! - [`source`]: the source client (`notify`, `write`, `flush`, `eos`, acknowledgements),
+//!   with reconnect and replay of unacknowledged messages, or `--to stdout`.
+//! - [`sink`]: the sink server (`read_batch`, `ack`), or `--from stdin`.
+//! - [`acks`]: turning out-of-order confirmations into in-order acknowledgement points.
+//! - [`backoff`], [`deadletter`], [`format`], [`metrics`], [`check`].
+//!
+//! Entry points: [`source()`] and [`sink()`] return a [`ConnectorBuilder`]; `.run(body)`
+//! parses arguments, sets up logging, metrics and signals, connects, runs the body and turns
+//! its result into an exit code with a one-line reason.
 
+pub mod acks;
+pub mod args;
+pub mod backoff;
+pub mod check;
+pub mod context;
+pub mod deadletter;
+pub mod format;
+pub mod metrics;
+pub mod run;
+pub mod sink;
+pub mod source;
+pub mod transport;
+
+pub use acks::InOrderAcks;
+pub use args::{ConnectorSpec, Param, Params};
+pub use backoff::Backoff;
+pub use check::Check;
+pub use context::Context;
+pub use run::{sink, source, ConnectorBuilder};
+pub use sink::{Sink, SinkMessage};
+pub use source::{Acked, Acks, Source, StreamHandle};
+
+/// Everything a connector file usually needs, in one import.
+pub mod prelude {
+    pub use crate::{
+        sink, source, Acked, Acks, Backoff, Check, ConnectorSpec, Context, InOrderAcks, Param,
+        Params, Sink, SinkMessage, Source, StreamHandle,
+    };
+    pub use anyhow::{anyhow, bail, Context as _, Result};
+    pub use application::Direction;
+    pub use bytes::Bytes;
+    pub use framing::stream_id_for;
+    pub use std::time::Duration;
+}

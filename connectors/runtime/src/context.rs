@@ -1,0 +1,92 @@
+//! What a connector body gets besides its source or sink: its name, parameters, metrics,
+//! the shutdown signal and the dead-letter directory.
+
+use anyhow::{bail, Result};
+use application::Application;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{CommonOptions, Params};
+use crate::deadletter::DeadLetters;
+use crate::metrics::ConnectorMetrics;
+use crate::sink::SinkMessage;
+
+/// The connector's view of its configuration and surroundings.
+#[derive(Clone)]
+pub struct Context {
+    /// Binary name, e.g. `kafka_source`.
+    pub program: &'static str,
+    /// The connector name (`--connector`).
+    pub connector: String,
+    /// Resolved `--NAME-PARAM` parameters.
+    pub params: Params,
+    /// The application description, when one was given.
+    pub app: Option<Application>,
+    /// Standard metrics (add your own series to `metrics.registry`).
+    pub metrics: ConnectorMetrics,
+    /// Cancelled on SIGINT/SIGTERM: stop reading upstream, drain, commit, return.
+    pub shutdown: CancellationToken,
+    /// Options common to every connector.
+    pub options: CommonOptions,
+    dead_letters: Option<DeadLetters>,
+}
+
+impl Context {
+    pub(crate) fn new(
+        program: &'static str,
+        options: CommonOptions,
+        params: Params,
+        metrics: ConnectorMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Context> {
+        let dead_letters = match &options.dead_letter {
+            Some(dir) => Some(DeadLetters::open(dir, &options.connector)?),
+            None => None,
+        };
+        Ok(Context {
+            program,
+            connector: options.connector.clone(),
+            params,
+            app: options.app.clone(),
+            metrics,
+            shutdown,
+            options,
+            dead_letters,
+        })
+    }
+
+    /// Sets aside a message the external system permanently refused.
+    ///
+    /// With `--dead-letter DIR` the message is written there and `Ok` is returned: acknowledge
+    /// it and go on. Without the flag this returns an error naming the message and the
+    /// reason: the sink stops and the message is not acknowledged.
+    pub async fn dead_letter(&self, msg: &SinkMessage, reason: &str) -> Result<()> {
+        self.metrics.error("refused");
+        match &self.dead_letters {
+            Some(d) => {
+                d.write(msg, reason).await?;
+                self.metrics.dead_letters.inc();
+                tracing::warn!(
+                    "message {} (key {:?}) refused: {reason}; written to the dead-letter directory",
+                    msg.message_id,
+                    String::from_utf8_lossy(&msg.key)
+                );
+                Ok(())
+            }
+            None => bail!(
+                "message {} (key {:?}) permanently refused: {reason}; pass --dead-letter DIR to set such messages aside and continue",
+                msg.message_id,
+                String::from_utf8_lossy(&msg.key)
+            ),
+        }
+    }
+
+    /// Whether a dead-letter directory is configured.
+    pub fn has_dead_letter(&self) -> bool {
+        self.dead_letters.is_some()
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+}

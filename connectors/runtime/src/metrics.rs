@@ -1,0 +1,125 @@
+//! The standard metric set of a connector, registered once and shared by the runtime and the
+//! connector file.
+
+use telemetry::{Counter, Gauge, Registry, StatsSource};
+
+/// Counters and gauges every connector exposes on `--metrics-addr` and in its stats line.
+#[derive(Debug, Clone)]
+pub struct ConnectorMetrics {
+    /// The registry behind them (add connector-specific series here).
+    pub registry: Registry,
+    /// Messages received from upstream (source) or from the engine (sink).
+    pub messages_in: Counter,
+    /// Bytes of payload received.
+    pub bytes_in: Counter,
+    /// Messages sent to the engine (source) or written to the external system (sink).
+    pub messages_out: Counter,
+    /// Bytes of payload sent/written.
+    pub bytes_out: Counter,
+    /// Messages acknowledged end to end.
+    pub acked: Counter,
+    /// Messages sent and not yet acknowledged.
+    pub in_flight: Gauge,
+    /// Credits currently available to send with (sources) or granted (sinks).
+    pub credits: Gauge,
+    /// Reconnects to the engine or the external system.
+    pub reconnects: Counter,
+    /// Upstream lag where the system reports it (-1 = unknown).
+    pub lag: Gauge,
+    /// Messages written to the dead-letter directory.
+    pub dead_letters: Counter,
+}
+
+impl ConnectorMetrics {
+    /// Registers the standard set for `program`/`connector`.
+    pub fn new(program: &str, connector: &str) -> Self {
+        let registry = Registry::with_labels(&[("program", program), ("connector", connector)]);
+        let messages_in = registry.counter(
+            "connector_messages_total",
+            "Messages moved, by direction.",
+            &[("direction", "in")],
+        );
+        let messages_out = registry.counter(
+            "connector_messages_total",
+            "Messages moved, by direction.",
+            &[("direction", "out")],
+        );
+        let bytes_in = registry.counter(
+            "connector_bytes_total",
+            "Payload bytes moved, by direction.",
+            &[("direction", "in")],
+        );
+        let bytes_out = registry.counter(
+            "connector_bytes_total",
+            "Payload bytes moved, by direction.",
+            &[("direction", "out")],
+        );
+        let lag = registry.gauge(
+            "connector_upstream_lag",
+            "Messages behind the head of the upstream system (-1 = unknown).",
+            &[],
+        );
+        lag.set(-1);
+        ConnectorMetrics {
+            acked: registry.counter(
+                "connector_acked_total",
+                "Messages acknowledged end to end.",
+                &[],
+            ),
+            in_flight: registry.gauge(
+                "connector_in_flight",
+                "Messages sent and not yet acknowledged.",
+                &[],
+            ),
+            credits: registry.gauge(
+                "connector_credits_available",
+                "Protocol credits available.",
+                &[],
+            ),
+            reconnects: registry.counter(
+                "connector_reconnects_total",
+                "Reconnects to the engine or the external system.",
+                &[],
+            ),
+            dead_letters: registry.counter(
+                "connector_dead_letters_total",
+                "Messages written to the dead-letter directory.",
+                &[],
+            ),
+            registry,
+            messages_in,
+            bytes_in,
+            messages_out,
+            bytes_out,
+            lag,
+        }
+    }
+
+    /// Counts an error of `kind` (e.g. `decode`, `write`, `protocol`).
+    pub fn error(&self, kind: &str) {
+        self.registry
+            .counter(
+                "connector_errors_total",
+                "Errors, by kind.",
+                &[("kind", kind)],
+            )
+            .inc();
+    }
+
+    /// What the stats line reports: the upstream side for sources, the write side for sinks.
+    pub fn stats_source(&self, label: String, source: bool) -> StatsSource {
+        let (messages, bytes) = if source {
+            (self.messages_out.clone(), self.bytes_out.clone())
+        } else {
+            (self.messages_out.clone(), self.bytes_out.clone())
+        };
+        StatsSource {
+            label,
+            messages,
+            bytes,
+            acked: self.acked.clone(),
+            in_flight: self.in_flight.clone(),
+            lag: self.lag.clone(),
+        }
+    }
+}

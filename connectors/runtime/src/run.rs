@@ -1,0 +1,309 @@
+//! The entry point of every connector binary: arguments, logging, metrics, signals,
+//! `--check`, the connection to the engine (or stdin/stdout), the body, and the exit code.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use application::Direction;
+use framing::{Hello, PROTOCOL_VERSION};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{self, ConnectorSpec, Input, Output};
+use crate::check::Check;
+use crate::context::Context;
+use crate::metrics::ConnectorMetrics;
+use crate::sink::{Sink, SinkServerConfig};
+use crate::source::{OutputClosed, ShuttingDown, Source};
+use crate::transport;
+
+type CheckFn = Box<dyn FnOnce(Context) -> Pin<Box<dyn Future<Output = Vec<Check>>>>>;
+
+/// Builds and runs a connector binary. `T` is [`Source`] or [`Sink`].
+pub struct ConnectorBuilder<T> {
+    spec: ConnectorSpec,
+    check: Option<CheckFn>,
+    _kind: PhantomData<T>,
+}
+
+/// Starts describing a source connector binary.
+pub fn source(spec: ConnectorSpec) -> ConnectorBuilder<Source> {
+    ConnectorBuilder {
+        spec: ConnectorSpec {
+            direction: Direction::Source,
+            ..spec
+        },
+        check: None,
+        _kind: PhantomData,
+    }
+}
+
+/// Starts describing a sink connector binary.
+pub fn sink(spec: ConnectorSpec) -> ConnectorBuilder<Sink> {
+    ConnectorBuilder {
+        spec: ConnectorSpec {
+            direction: Direction::Sink,
+            ..spec
+        },
+        check: None,
+        _kind: PhantomData,
+    }
+}
+
+impl<T> ConnectorBuilder<T> {
+    /// Adds the connector's own `--check` (reach the external system, find the
+    /// topic/queue/bucket/table, ...), run after the runtime's checks.
+    pub fn check<F, Fut>(mut self, f: F) -> Self
+    where
+        F: FnOnce(Context) -> Fut + 'static,
+        Fut: Future<Output = Vec<Check>> + 'static,
+    {
+        self.check = Some(Box::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    fn start(&self) -> Result<Option<(Context, tokio::runtime::Runtime)>> {
+        telemetry::init_logging();
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        let Some((options, params)) = args::parse(&self.spec, argv)? else {
+            return Ok(None);
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let metrics = ConnectorMetrics::new(self.spec.program, &options.connector);
+        let shutdown = CancellationToken::new();
+        let ctx = Context::new(self.spec.program, options, params, metrics, shutdown)?;
+        Ok(Some((ctx, rt)))
+    }
+}
+
+impl ConnectorBuilder<Source> {
+    /// Runs the source: `body` gets the context and a connected [`Source`].
+    pub fn run<F, Fut>(self, body: F) -> ExitCode
+    where
+        F: FnOnce(Context, Source) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let check = self.check;
+        let spec = self.spec;
+        run_main(
+            &ConnectorBuilder::<Source> {
+                spec,
+                check: None,
+                _kind: PhantomData,
+            },
+            check,
+            |ctx| async move {
+                let source = match ctx.options.output {
+                    Output::Stdout => Source::stdout(ctx.options.format, ctx.metrics.clone()),
+                    Output::Engine => {
+                        let endpoint = engine_endpoint(&ctx)?;
+                        let hello = Hello {
+                            version: PROTOCOL_VERSION.to_string(),
+                            cookie: ctx
+                                .app
+                                .as_ref()
+                                .map(|a| a.cookie.clone())
+                                .unwrap_or_default(),
+                            program_name: spec.program.to_string(),
+                            instance_name: ctx.connector.clone(),
+                        };
+                        Source::connect_engine(
+                            endpoint,
+                            hello,
+                            ctx.options.max_frame,
+                            ctx.metrics.clone(),
+                            ctx.shutdown.clone(),
+                        )
+                        .await?
+                    }
+                };
+                body(ctx, source).await
+            },
+        )
+    }
+}
+
+impl ConnectorBuilder<Sink> {
+    /// Runs the sink: `body` gets the context and a listening [`Sink`].
+    pub fn run<F, Fut>(self, body: F) -> ExitCode
+    where
+        F: FnOnce(Context, Sink) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let check = self.check;
+        let spec = self.spec;
+        run_main(
+            &ConnectorBuilder::<Sink> {
+                spec,
+                check: None,
+                _kind: PhantomData,
+            },
+            check,
+            |ctx| async move {
+                let sink = match ctx.options.input {
+                    Input::Stdin => Sink::stdin(
+                        ctx.options.format,
+                        ctx.options.max_frame,
+                        ctx.metrics.clone(),
+                        ctx.shutdown.clone(),
+                    ),
+                    Input::Engine => {
+                        let (cookie, config) = match (&ctx.app, &ctx.options.config) {
+                            (Some(app), Some(c)) => (app.cookie.clone(), c.clone()),
+                            _ => return Err(anyhow!("missing --application-module FILE")),
+                        };
+                        let endpoint = config.endpoint().ok_or_else(|| {
+                            anyhow!("connector `{}` has no port or path", ctx.connector)
+                        })?;
+                        Sink::listen(
+                            SinkServerConfig {
+                                endpoint,
+                                cookie,
+                                max_credits: config.max_credits,
+                                max_frame: ctx.options.max_frame,
+                            },
+                            ctx.metrics.clone(),
+                            ctx.shutdown.clone(),
+                        )
+                        .await?
+                    }
+                };
+                body(ctx, sink).await
+            },
+        )
+    }
+}
+
+fn engine_endpoint(ctx: &Context) -> Result<application::Endpoint> {
+    ctx.options
+        .config
+        .as_ref()
+        .and_then(|c| c.endpoint())
+        .ok_or_else(|| {
+            anyhow!(
+                "connector `{}` has no engine address (port or path) in the application file",
+                ctx.connector
+            )
+        })
+}
+
+/// Shared main: parse, set up, `--check` or run, map the result to an exit code.
+fn run_main<T, F, Fut>(builder: &ConnectorBuilder<T>, check: Option<CheckFn>, body: F) -> ExitCode
+where
+    F: FnOnce(Context) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let program = builder.spec.program;
+    let (ctx, rt) = match builder.start() {
+        Ok(Some(x)) => x,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let direction = builder.spec.direction;
+    rt.block_on(async move {
+        if ctx.options.check {
+            return run_checks(ctx, direction, check).await;
+        }
+        let signals = ctx.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: draining");
+            signals.cancel();
+            wait_for_signal().await;
+            eprintln!("{program}: second signal, exiting now");
+            std::process::exit(130);
+        });
+        if let Some(addr) = ctx.options.metrics_addr {
+            if let Err(e) = telemetry::serve_metrics(addr, ctx.metrics.registry.clone()).await {
+                eprintln!("{program}: cannot serve metrics on {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        telemetry::spawn_stats_reporter(
+            ctx.metrics.stats_source(
+                format!("{program}/{}", ctx.connector),
+                direction == Direction::Source,
+            ),
+            Duration::from_secs(ctx.options.stats_interval),
+        );
+        match body(ctx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.downcast_ref::<OutputClosed>().is_some() => ExitCode::SUCCESS,
+            Err(e) if e.downcast_ref::<ShuttingDown>().is_some() => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{program}: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run_checks(ctx: Context, direction: Direction, check: Option<CheckFn>) -> ExitCode {
+    let mut checks = Vec::new();
+    match &ctx.app {
+        Some(app) => checks.push(Check::ok(format!(
+            "application file {} declares {} `{}`",
+            app.file.display(),
+            direction,
+            ctx.connector
+        ))),
+        None => checks.push(Check::ok("no application file (stdin/stdout mode)")),
+    }
+    if let Some(endpoint) = ctx.options.config.as_ref().and_then(|c| c.endpoint()) {
+        match direction {
+            Direction::Source if ctx.options.output == Output::Engine => {
+                let what = format!("engine listening at {endpoint}");
+                checks.push(match transport::connect(&endpoint).await {
+                    Ok(_) => Check::ok(what),
+                    Err(e) => Check::fail(what, format!("{e}: start the engine first, or fix the address in the application file")),
+                });
+            }
+            Direction::Sink if ctx.options.input == Input::Engine => {
+                let what = format!("can listen at {endpoint} for the engine");
+                checks.push(match transport::Listener::bind(&endpoint).await {
+                    Ok(_) => Check::ok(what),
+                    Err(e) => Check::fail(
+                        what,
+                        format!("{e}: stop whatever uses it or change the port/path"),
+                    ),
+                });
+            }
+            _ => {}
+        }
+    }
+    if let Some(f) = check {
+        checks.extend(f(ctx.clone()).await);
+    }
+    let mut all = true;
+    for c in &checks {
+        all &= c.report();
+    }
+    if all {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,559 @@
+//! The sink server: what a sink connector uses to receive the engine's output.
+//!
+//! ```text
+//! while let Some(batch) = sink.read_batch(500).await {
+//!     write_to_external_system(&batch).await?;   // confirmed
+//!     sink.ack_all(&batch);                      // only now
+//! }
+//! ```
+//!
+//! The server listens on the connector's address from the application file; the engine
+//! connects (and reconnects). Each connection is checked (HELLO version and cookie), granted
+//! credits, and its messages are delivered in order in batches. An acknowledgement returns
+//! the credits of the messages it covers, so at most `max_credits` messages are ever in
+//! flight. With `--from stdin` the same calls read records from standard input.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use application::Endpoint;
+use bytes::{Bytes, BytesMut};
+use framing::{check_hello, Credits, Frame, ProtocolCodec, StreamTable, NOTHING_PROCESSED};
+use futures::{FutureExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::format::Format;
+use crate::metrics::ConnectorMetrics;
+use crate::transport::{BoxRead, BoxWrite, Listener};
+
+/// Most messages handed over in one batch from a connection.
+const MAX_BATCH: usize = 4096;
+
+/// One message from the engine.
+#[derive(Debug, Clone)]
+pub struct SinkMessage {
+    /// The engine's output stream.
+    pub stream_id: u64,
+    /// Increasing within the stream.
+    pub message_id: u64,
+    /// Event time carried from the input.
+    pub event_time: i64,
+    /// The output's key (Kafka key, Redis field, S3 object key, ...); may be empty.
+    pub key: Bytes,
+    /// The output's value.
+    pub payload: Bytes,
+    conn: u64,
+}
+
+impl SinkMessage {
+    /// A message not tied to any engine connection (tests, stdin mode).
+    pub fn detached(stream_id: u64, message_id: u64, key: Bytes, payload: Bytes) -> SinkMessage {
+        SinkMessage {
+            stream_id,
+            message_id,
+            event_time: 0,
+            key,
+            payload,
+            conn: 0,
+        }
+    }
+}
+
+struct AckCmd {
+    points: Vec<(u64, u64)>,
+}
+
+type AckRoutes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<AckCmd>>>>;
+
+/// Receives the engine's messages and sends acknowledgements back.
+pub struct Sink {
+    rx: mpsc::Receiver<Vec<SinkMessage>>,
+    ready: VecDeque<SinkMessage>,
+    routes: AckRoutes,
+    metrics: ConnectorMetrics,
+    shutdown: CancellationToken,
+    _listener: Option<Arc<Listener>>,
+}
+
+/// Settings of the protocol server.
+#[derive(Debug, Clone)]
+pub struct SinkServerConfig {
+    /// Where to listen.
+    pub endpoint: Endpoint,
+    /// Expected cookie.
+    pub cookie: String,
+    /// Credits granted to the engine (messages in flight at most).
+    pub max_credits: u32,
+    /// Largest accepted frame.
+    pub max_frame: usize,
+}
+
+impl Sink {
+    /// Binds the connector's address and serves engine connections.
+    pub async fn listen(
+        config: SinkServerConfig,
+        metrics: ConnectorMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Sink> {
+        let listener = Arc::new(Listener::bind(&config.endpoint).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} for the engine: {e} (is another sink already running there?)",
+                config.endpoint
+            )
+        })?);
+        let (tx, rx) = mpsc::channel(64);
+        let routes: AckRoutes = Arc::default();
+        let delivered: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+        let accept = listener.clone();
+        let routes2 = routes.clone();
+        let metrics2 = metrics.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut next_conn = 1u64;
+            loop {
+                let accepted = tokio::select! {
+                    a = accept.accept() => a,
+                    _ = stop.cancelled() => return,
+                };
+                match accepted {
+                    Ok((read, write, peer)) => {
+                        let conn = next_conn;
+                        next_conn += 1;
+                        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+                        routes2
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(conn, ack_tx);
+                        let session = Session {
+                            conn,
+                            peer: peer.clone(),
+                            config: config.clone(),
+                            out: tx.clone(),
+                            delivered: delivered.clone(),
+                            metrics: metrics2.clone(),
+                        };
+                        let routes3 = routes2.clone();
+                        tokio::spawn(async move {
+                            if let Err(why) = session.run(read, write, ack_rx).await {
+                                tracing::warn!("engine connection from {peer} closed: {why}");
+                            } else {
+                                tracing::info!("engine connection from {peer} ended");
+                            }
+                            routes3
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&conn);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(Sink {
+            rx,
+            ready: VecDeque::new(),
+            routes,
+            metrics,
+            shutdown,
+            _listener: Some(listener),
+        })
+    }
+
+    /// Reads records from standard input in `format` (acknowledgements are no-ops).
+    /// The input ends at end of file.
+    pub fn stdin(
+        format: Format,
+        max_frame: usize,
+        metrics: ConnectorMetrics,
+        shutdown: CancellationToken,
+    ) -> Sink {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut framed = FramedRead::with_capacity(
+                tokio::io::stdin(),
+                format.decoder(max_frame),
+                256 * 1024,
+            );
+            let mut id = 0u64;
+            let mut batch = Vec::new();
+            loop {
+                let next = match framed.next().now_or_never() {
+                    Some(n) => n,
+                    None => {
+                        if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                            return;
+                        }
+                        framed.next().await
+                    }
+                };
+                match next {
+                    Some(Ok((key, payload))) => {
+                        id += 1;
+                        batch.push(SinkMessage::detached(0, id, key, payload));
+                        if batch.len() >= MAX_BATCH
+                            && tx.send(std::mem::take(&mut batch)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!("standard input: {e}");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(batch).await;
+            }
+        });
+        Sink {
+            rx,
+            ready: VecDeque::new(),
+            routes: Arc::default(),
+            metrics,
+            shutdown,
+            _listener: None,
+        }
+    }
+
+    /// Waits for the next message; `None` when the input ended or shutdown was requested.
+    pub async fn read(&mut self) -> Option<SinkMessage> {
+        if self.ready.is_empty() {
+            let batch = self.recv().await?;
+            self.ready.extend(batch);
+        }
+        self.ready.pop_front()
+    }
+
+    /// Waits for at least one message, then returns up to `max` that are ready now.
+    /// `None` when the input ended or shutdown was requested.
+    pub async fn read_batch(&mut self, max: usize) -> Option<Vec<SinkMessage>> {
+        if self.ready.is_empty() {
+            let batch = self.recv().await?;
+            self.ready.extend(batch);
+        }
+        Some(self.take_ready(max))
+    }
+
+    /// Like [`Sink::read_batch`], but keeps collecting for up to `linger` (or until `max`
+    /// messages) after the first one arrives: fewer, larger writes to the external system.
+    pub async fn read_batch_linger(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> Option<Vec<SinkMessage>> {
+        let mut out = self.read_batch(max).await?;
+        if linger.is_zero() {
+            return Some(out);
+        }
+        let deadline = tokio::time::Instant::now() + linger;
+        while out.len() < max {
+            if self.ready.is_empty() {
+                let next = tokio::select! {
+                    b = self.rx.recv() => b,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = self.shutdown.cancelled() => break,
+                };
+                match next {
+                    Some(b) => self.ready.extend(b),
+                    None => break,
+                }
+            }
+            let more = self.take_ready(max - out.len());
+            out.extend(more);
+        }
+        Some(out)
+    }
+
+    fn take_ready(&mut self, max: usize) -> Vec<SinkMessage> {
+        while self.ready.len() < max {
+            match self.rx.try_recv() {
+                Ok(b) => self.ready.extend(b),
+                Err(_) => break,
+            }
+        }
+        let n = self.ready.len().min(max.max(1));
+        let out: Vec<SinkMessage> = self.ready.drain(..n).collect();
+        self.metrics.in_flight.add(out.len() as i64);
+        out
+    }
+
+    async fn recv(&mut self) -> Option<Vec<SinkMessage>> {
+        tokio::select! {
+            b = self.rx.recv() => b,
+            _ = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Acknowledges `msg` and every earlier message of its stream. Call only after the
+    /// external system confirmed the write.
+    pub fn ack(&self, msg: &SinkMessage) {
+        self.ack_all(std::slice::from_ref(msg));
+    }
+
+    /// Acknowledges every message of `msgs` (the last id per stream is what is sent).
+    pub fn ack_all(&self, msgs: &[SinkMessage]) {
+        if msgs.is_empty() {
+            return;
+        }
+        self.metrics.acked.add(msgs.len() as u64);
+        self.metrics.in_flight.add(-(msgs.len() as i64));
+        let mut per_conn: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        for m in msgs {
+            let points = per_conn.entry(m.conn).or_default();
+            match points.iter_mut().find(|(s, _)| *s == m.stream_id) {
+                Some(p) => p.1 = p.1.max(m.message_id),
+                None => points.push((m.stream_id, m.message_id)),
+            }
+        }
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        for (conn, points) in per_conn {
+            if let Some(tx) = routes.get(&conn) {
+                let _ = tx.send(AckCmd { points });
+            }
+        }
+    }
+}
+
+/// One engine connection on the sink server.
+struct Session {
+    conn: u64,
+    peer: String,
+    config: SinkServerConfig,
+    out: mpsc::Sender<Vec<SinkMessage>>,
+    /// Last point acknowledged per stream, across connections (answers NOTIFY).
+    delivered: Arc<Mutex<HashMap<u64, u64>>>,
+    metrics: ConnectorMetrics,
+}
+
+impl Session {
+    async fn run(
+        self,
+        read: BoxRead,
+        mut write: BoxWrite,
+        mut acks: mpsc::UnboundedReceiver<AckCmd>,
+    ) -> Result<(), String> {
+        let mut framed =
+            FramedRead::with_capacity(read, ProtocolCodec::new(self.config.max_frame), 256 * 1024);
+        let mut wbuf = BytesMut::new();
+        let hello = match tokio::time::timeout(Duration::from_secs(10), framed.next()).await {
+            Err(_) => return Err("no HELLO within 10 s".into()),
+            Ok(Some(Ok(Frame::Hello(h)))) => h,
+            Ok(Some(Ok(other))) => {
+                let why = format!("expected HELLO as the first frame, got {:?}", other.tag());
+                return Err(send_error(&mut write, &why).await);
+            }
+            Ok(Some(Err(e))) => return Err(send_error(&mut write, &e.to_string()).await),
+            Ok(None) => return Err("closed before HELLO".into()),
+        };
+        if let Err(why) = check_hello(&hello, &self.config.cookie) {
+            return Err(send_error(&mut write, &why).await);
+        }
+        tracing::info!(
+            "engine {} ({}) connected from {}",
+            hello.program_name,
+            hello.instance_name,
+            self.peer
+        );
+        let mut credits = Credits::receiver(self.config.max_credits, self.config.max_credits);
+        Frame::Ok {
+            initial_credits: self.config.max_credits,
+        }
+        .encode(&mut wbuf)
+        .map_err(|e| e.to_string())?;
+        write.write_all(&wbuf).await.map_err(|e| e.to_string())?;
+        wbuf.clear();
+        let mut streams = StreamTable::default();
+        // Ids delivered to the connector and not yet acknowledged, per stream.
+        let mut outstanding: HashMap<u64, VecDeque<u64>> = HashMap::new();
+        loop {
+            tokio::select! {
+                frame = framed.next() => {
+                    let mut batch = Vec::new();
+                    let mut next = frame;
+                    loop {
+                        match next {
+                            None => {
+                                self.deliver(batch).await?;
+                                return Ok(());
+                            }
+                            Some(Err(e)) => {
+                                self.deliver(batch).await?;
+                                return Err(send_error(&mut write, &e.to_string()).await);
+                            }
+                            Some(Ok(f)) => {
+                                if let Err(why) = self.on_frame(f, &mut credits, &mut streams, &mut outstanding, &mut batch, &mut wbuf) {
+                                    self.deliver(batch).await?;
+                                    return Err(send_error(&mut write, &why).await);
+                                }
+                            }
+                        }
+                        if batch.len() >= MAX_BATCH {
+                            break;
+                        }
+                        match framed.next().now_or_never() {
+                            Some(n) => next = n,
+                            None => break,
+                        }
+                    }
+                    if !wbuf.is_empty() {
+                        write.write_all(&wbuf).await.map_err(|e| e.to_string())?;
+                        wbuf.clear();
+                    }
+                    self.deliver(batch).await?;
+                }
+                cmd = acks.recv() => {
+                    let Some(cmd) = cmd else { return Ok(()) };
+                    let mut all = cmd.points;
+                    while let Ok(more) = acks.try_recv() {
+                        for (s, p) in more.points {
+                            match all.iter_mut().find(|(s2, _)| *s2 == s) {
+                                Some(e) => e.1 = e.1.max(p),
+                                None => all.push((s, p)),
+                            }
+                        }
+                    }
+                    let mut returned = 0u32;
+                    {
+                        let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+                        for (s, p) in &all {
+                            if let Some(q) = outstanding.get_mut(s) {
+                                while q.front().is_some_and(|id| id <= p) {
+                                    q.pop_front();
+                                    returned += 1;
+                                }
+                            }
+                            let e = delivered.entry(*s).or_insert(*p);
+                            *e = (*e).max(*p);
+                        }
+                    }
+                    credits.grant(returned);
+                    self.metrics.credits.set(credits.balance() as i64);
+                    Frame::Ack { credits: returned, acks: all }.encode(&mut wbuf).map_err(|e| e.to_string())?;
+                    write.write_all(&wbuf).await.map_err(|e| e.to_string())?;
+                    wbuf.clear();
+                }
+            }
+        }
+    }
+
+    /// Applies one frame; the error text goes into an ERROR frame.
+    fn on_frame(
+        &self,
+        frame: Frame,
+        credits: &mut Credits,
+        streams: &mut StreamTable,
+        outstanding: &mut HashMap<u64, VecDeque<u64>>,
+        batch: &mut Vec<SinkMessage>,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), String> {
+        match frame {
+            Frame::Notify {
+                stream_id,
+                stream_name,
+                ..
+            } => {
+                if !credits.spend() {
+                    return Err("credits overspent: NOTIFY sent with no credit left".into());
+                }
+                let known = self
+                    .delivered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&stream_id)
+                    .copied();
+                streams.open(stream_id, stream_name, known);
+                // A NOTIFY's credit comes straight back: it is not a message to acknowledge.
+                credits.grant(1);
+                let frame = Frame::NotifyAck {
+                    success: true,
+                    stream_id,
+                    point_of_ref: known.unwrap_or(NOTHING_PROCESSED),
+                };
+                frame.encode(wbuf).map_err(|e| e.to_string())?;
+                Frame::Ack {
+                    credits: 1,
+                    acks: vec![],
+                }
+                .encode(wbuf)
+                .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            Frame::Message(m) => {
+                if !credits.spend() {
+                    return Err("credits overspent: MESSAGE sent with no credit left".into());
+                }
+                let fresh = streams
+                    .accept(m.stream_id, m.message_id)
+                    .map_err(|e| e.to_string())?;
+                if !fresh {
+                    // Already delivered: give the credit back and re-acknowledge what we know.
+                    credits.grant(1);
+                    let known = self
+                        .delivered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&m.stream_id)
+                        .copied();
+                    let acks = known.map(|p| vec![(m.stream_id, p)]).unwrap_or_default();
+                    Frame::Ack { credits: 1, acks }
+                        .encode(wbuf)
+                        .map_err(|e| e.to_string())?;
+                    return Ok(());
+                }
+                self.metrics.messages_in.inc();
+                self.metrics.bytes_in.add(m.payload.len() as u64);
+                outstanding
+                    .entry(m.stream_id)
+                    .or_default()
+                    .push_back(m.message_id);
+                batch.push(SinkMessage {
+                    stream_id: m.stream_id,
+                    message_id: m.message_id,
+                    event_time: m.event_time,
+                    key: m.key,
+                    payload: m.payload,
+                    conn: self.conn,
+                });
+                Ok(())
+            }
+            Frame::Eos { stream_id } => streams
+                .close(stream_id)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            other => Err(format!(
+                "unexpected {:?} frame from the engine",
+                other.tag()
+            )),
+        }
+    }
+
+    async fn deliver(&self, batch: Vec<SinkMessage>) -> Result<(), String> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.out
+            .send(batch)
+            .await
+            .map_err(|_| "sink connector stopped reading".to_string())
+    }
+}
+
+/// Sends ERROR (best effort) and returns the reason for the log line.
+async fn send_error(write: &mut BoxWrite, why: &str) -> String {
+    let mut buf = BytesMut::new();
+    if Frame::error(why).encode(&mut buf).is_ok() {
+        let _ = write.write_all(&buf).await;
+        let _ = write.shutdown().await;
+    }
+    why.to_string()
+}

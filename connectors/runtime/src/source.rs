@@ -1,0 +1,895 @@
+//! The source client: what a source connector uses to hand messages to the engine.
+//!
+//! ```text
+//! let stream = source.notify("topic/0", None).await?;    // resume point in stream.resume
+//! source.write(stream.id, offset, key, payload).await?;  // waits for credits, buffers
+//! source.flush().await?;                                 // when upstream has nothing ready
+//! for a in acks.next().await { commit_upstream(a.stream_id, a.point) }
+//! ```
+//!
+//! Every message stays in a replay buffer until the engine acknowledges it. When the
+//! connection drops (or the engine sends RESTART), the client reconnects with back-off,
+//! says HELLO, NOTIFYs every open stream again and resends what the engine has not processed,
+//! so a connector never has to rewind its upstream for an engine restart. With `--to stdout`
+//! the same calls write records to standard output instead, acknowledged once written.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use application::Endpoint;
+use bytes::{Bytes, BytesMut};
+use framing::{encode_message, stream_id_for, Frame, Hello, ProtocolCodec, NOTHING_PROCESSED};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::format::Format;
+use crate::metrics::ConnectorMetrics;
+use crate::transport::{self, BoxRead, BoxWrite};
+
+/// Write buffer size at which `write` flushes on its own.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Returned (inside `anyhow::Error`) when standard output was closed (`| head`): the
+/// runtime treats it as a clean end.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output closed")]
+pub struct OutputClosed;
+
+/// Returned when shutdown was requested while waiting (for credits or the engine).
+#[derive(Debug, thiserror::Error)]
+#[error("shutting down")]
+pub struct ShuttingDown;
+
+/// A stream announced to the engine.
+#[derive(Debug, Clone)]
+pub struct StreamHandle {
+    /// Stable id of the stream (a hash of its name).
+    pub id: u64,
+    /// The stream's name.
+    pub name: String,
+    /// Highest message id the engine has durably processed on this stream, if any:
+    /// resume upstream right after it.
+    pub resume: Option<u64>,
+}
+
+/// One acknowledgement: every message of `stream_id` with id <= `point` is safely processed
+/// and may be committed upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    /// The stream.
+    pub stream_id: u64,
+    /// The highest acknowledged message id.
+    pub point: u64,
+}
+
+#[derive(Default)]
+struct AckBoard {
+    /// Latest acknowledged point per stream, not yet handed to the connector.
+    fresh: Mutex<HashMap<u64, u64>>,
+    wake: Notify,
+}
+
+impl AckBoard {
+    fn post(&self, stream_id: u64, point: u64) {
+        let mut m = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(stream_id).or_insert(point);
+        *e = (*e).max(point);
+        drop(m);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<Acked> {
+        let mut m = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        m.drain()
+            .map(|(stream_id, point)| Acked { stream_id, point })
+            .collect()
+    }
+}
+
+/// The acknowledgements of a [`Source`], as a separate handle so a connector can wait for
+/// them while it also waits for upstream data (`tokio::select!`).
+#[derive(Clone)]
+pub struct Acks {
+    board: Arc<AckBoard>,
+}
+
+impl Acks {
+    /// Waits until at least one acknowledgement is available and returns all of them,
+    /// the latest point per stream.
+    pub async fn next(&mut self) -> Vec<Acked> {
+        loop {
+            let got = self.board.take();
+            if !got.is_empty() {
+                return got;
+            }
+            self.board.wake.notified().await;
+        }
+    }
+
+    /// Returns whatever acknowledgements are available now, without waiting.
+    pub fn try_next(&mut self) -> Vec<Acked> {
+        self.board.take()
+    }
+}
+
+/// The connection to the engine (or standard output) through which a source connector
+/// sends its messages.
+pub struct Source {
+    inner: Inner,
+    acks: Arc<AckBoard>,
+    metrics: ConnectorMetrics,
+}
+
+enum Inner {
+    Engine(Box<EngineLink>),
+    Stdout(StdoutLink),
+}
+
+impl Source {
+    /// Connects to the engine at `endpoint` (retrying with back-off) and says HELLO.
+    pub async fn connect_engine(
+        endpoint: Endpoint,
+        hello: Hello,
+        max_frame: usize,
+        metrics: ConnectorMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Source> {
+        let acks = Arc::new(AckBoard::default());
+        let mut link = EngineLink {
+            endpoint,
+            hello,
+            max_frame,
+            metrics: metrics.clone(),
+            shutdown,
+            acks: acks.clone(),
+            conn: None,
+            buf: BytesMut::new(),
+            pending: Vec::new(),
+            credits: 0,
+            streams: HashMap::new(),
+            last_stream: None,
+        };
+        link.reconnect().await?;
+        Ok(Source {
+            inner: Inner::Engine(Box::new(link)),
+            acks,
+            metrics,
+        })
+    }
+
+    /// Writes records to standard output in `format`; each record is acknowledged once
+    /// written.
+    pub fn stdout(format: Format, metrics: ConnectorMetrics) -> Source {
+        Source {
+            inner: Inner::Stdout(StdoutLink {
+                format,
+                out: tokio::io::stdout(),
+                buf: BytesMut::new(),
+                last: HashMap::new(),
+            }),
+            acks: Arc::new(AckBoard::default()),
+            metrics,
+        }
+    }
+
+    /// The acknowledgement handle (clone it once, before the main loop).
+    pub fn acks(&self) -> Acks {
+        Acks {
+            board: self.acks.clone(),
+        }
+    }
+
+    /// Announces a stream. `resume_hint` is the last id this connector knows was committed
+    /// upstream (if any). The returned handle carries the engine's resume point.
+    pub async fn notify(
+        &mut self,
+        stream_name: &str,
+        resume_hint: Option<u64>,
+    ) -> Result<StreamHandle> {
+        match &mut self.inner {
+            Inner::Engine(l) => l.notify(stream_name, resume_hint).await,
+            Inner::Stdout(_) => Ok(StreamHandle {
+                id: stream_id_for(stream_name),
+                name: stream_name.to_string(),
+                resume: None,
+            }),
+        }
+    }
+
+    /// Sends one message (waits for a credit when none is left). Message ids must increase
+    /// within a stream. Buffered: call [`Source::flush`] when upstream has nothing ready.
+    pub async fn write(
+        &mut self,
+        stream_id: u64,
+        message_id: u64,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<()> {
+        self.write_at(stream_id, message_id, 0, key, payload).await
+    }
+
+    /// [`Source::write`] with an event time (milliseconds since the epoch by convention).
+    pub async fn write_at(
+        &mut self,
+        stream_id: u64,
+        message_id: u64,
+        event_time: i64,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<()> {
+        self.metrics.messages_out.inc();
+        self.metrics.bytes_out.add(payload.len() as u64);
+        match &mut self.inner {
+            Inner::Engine(l) => {
+                l.write(stream_id, message_id, event_time, key, payload)
+                    .await
+            }
+            Inner::Stdout(s) => {
+                s.write(stream_id, message_id, key, payload, &self.acks)
+                    .await
+            }
+        }
+    }
+
+    /// Sends everything buffered.
+    pub async fn flush(&mut self) -> Result<()> {
+        match &mut self.inner {
+            Inner::Engine(l) => l.flush().await,
+            Inner::Stdout(s) => s.flush(&self.acks).await,
+        }
+    }
+
+    /// Ends a stream (EOS). Its unacknowledged messages are no longer replayed by this
+    /// client; the upstream re-delivers them on the next start since they were not committed.
+    pub async fn eos(&mut self, stream_id: u64) -> Result<()> {
+        match &mut self.inner {
+            Inner::Engine(l) => l.eos(stream_id).await,
+            Inner::Stdout(s) => s.flush(&self.acks).await,
+        }
+    }
+
+    /// Flushes and waits until the engine acknowledged everything sent, or `timeout`.
+    /// Returns the number of messages still unacknowledged.
+    pub async fn drain(&mut self, timeout: Duration) -> Result<usize> {
+        match &mut self.inner {
+            Inner::Engine(l) => l.drain(timeout).await,
+            Inner::Stdout(s) => s.flush(&self.acks).await.map(|_| 0),
+        }
+    }
+
+    /// Ends a stream cleanly: flushes, waits up to `timeout` for the engine to acknowledge
+    /// everything sent on it, then sends EOS. Acknowledgements arrive through [`Acks`].
+    pub async fn finish(&mut self, stream_id: u64, timeout: Duration) -> Result<()> {
+        let left = self.drain(timeout).await?;
+        if left > 0 {
+            tracing::warn!("{left} messages were not acknowledged within {timeout:?}");
+        }
+        self.eos(stream_id).await
+    }
+
+    /// Messages sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        match &self.inner {
+            Inner::Engine(l) => l.unacked(),
+            Inner::Stdout(s) => s.buf.len().min(1),
+        }
+    }
+}
+
+/// Standard-output mode.
+struct StdoutLink {
+    format: Format,
+    out: tokio::io::Stdout,
+    buf: BytesMut,
+    last: HashMap<u64, u64>,
+}
+
+impl StdoutLink {
+    async fn write(
+        &mut self,
+        stream_id: u64,
+        message_id: u64,
+        key: &[u8],
+        payload: &[u8],
+        acks: &AckBoard,
+    ) -> Result<()> {
+        self.format.encode(key, payload, &mut self.buf);
+        self.last.insert(stream_id, message_id);
+        if self.buf.len() >= 64 * 1024 {
+            self.flush(acks).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, acks: &AckBoard) -> Result<()> {
+        if !self.buf.is_empty() {
+            let r = async {
+                self.out.write_all(&self.buf).await?;
+                self.out.flush().await
+            }
+            .await;
+            if let Err(e) = r {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Err(OutputClosed.into());
+                }
+                return Err(anyhow!("cannot write to standard output: {e}"));
+            }
+            self.buf.clear();
+        }
+        for (s, p) in self.last.drain() {
+            acks.post(s, p);
+        }
+        Ok(())
+    }
+}
+
+/// What the reader task reports to the writer.
+enum Control {
+    NotifyAck {
+        success: bool,
+        stream_id: u64,
+        point: u64,
+    },
+    Restart(String),
+    Lost(String),
+    Refused(String),
+}
+
+/// One live connection: the write half plus the reader task's reports.
+struct Conn {
+    writer: BoxWrite,
+    control: mpsc::UnboundedReceiver<Control>,
+    granted: Arc<AtomicU64>,
+    wake: Arc<Notify>,
+    acked: Arc<Mutex<HashMap<u64, u64>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+struct OpenStream {
+    name: String,
+    /// Encoded MESSAGE frames not yet acknowledged, oldest first.
+    unacked: VecDeque<(u64, Bytes)>,
+    acked: Option<u64>,
+}
+
+/// Why an operation on the current connection failed.
+enum LinkError {
+    /// The connection is gone: reconnect and retry.
+    Lost(String),
+    /// Fatal: report and stop.
+    Fatal(anyhow::Error),
+}
+
+impl From<std::io::Error> for LinkError {
+    fn from(e: std::io::Error) -> Self {
+        LinkError::Lost(e.to_string())
+    }
+}
+
+/// Engine mode: the protocol client with its replay buffer.
+struct EngineLink {
+    endpoint: Endpoint,
+    hello: Hello,
+    max_frame: usize,
+    metrics: ConnectorMetrics,
+    shutdown: CancellationToken,
+    acks: Arc<AckBoard>,
+    conn: Option<Conn>,
+    /// Encoded frames not yet written.
+    buf: BytesMut,
+    /// MESSAGE frames in `buf`: (stream id, message id, start, end).
+    pending: Vec<(u64, u64, usize, usize)>,
+    credits: u64,
+    streams: HashMap<u64, OpenStream>,
+    last_stream: Option<u64>,
+}
+
+impl EngineLink {
+    fn unacked(&self) -> usize {
+        self.streams
+            .values()
+            .map(|s| s.unacked.len())
+            .sum::<usize>()
+            + self.pending.len()
+    }
+
+    /// Connects (retrying forever with back-off until shutdown), says HELLO, re-announces
+    /// every open stream and resends what the engine has not processed.
+    async fn reconnect(&mut self) -> Result<()> {
+        self.stash_pending();
+        let first = self.conn.is_none() && self.streams.is_empty();
+        self.conn = None;
+        let mut backoff = Backoff::default();
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Err(ShuttingDown.into());
+            }
+            match self.try_connect().await {
+                Ok(()) => {}
+                Err(LinkError::Fatal(e)) => return Err(e),
+                Err(LinkError::Lost(why)) => {
+                    let delay = backoff.next_delay();
+                    if backoff.attempts() == 1 || backoff.attempts() % 20 == 0 {
+                        tracing::warn!(
+                            "engine at {} not reachable ({why}); retrying every {:?} (is the engine running?)",
+                            self.endpoint,
+                            delay
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => return Err(ShuttingDown.into()),
+                    }
+                    continue;
+                }
+            }
+            if !first {
+                self.metrics.reconnects.inc();
+            }
+            match self.resume_streams().await {
+                Ok(()) => {
+                    tracing::info!("connected to engine at {}", self.endpoint);
+                    return Ok(());
+                }
+                Err(LinkError::Fatal(e)) => return Err(e),
+                Err(LinkError::Lost(why)) => {
+                    tracing::warn!("lost the engine connection while resuming streams: {why}");
+                    self.conn = None;
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    async fn try_connect(&mut self) -> Result<(), LinkError> {
+        let (read, mut writer) = transport::connect(&self.endpoint).await?;
+        let mut hello = BytesMut::new();
+        Frame::Hello(self.hello.clone())
+            .encode(&mut hello)
+            .map_err(|e| LinkError::Fatal(e.into()))?;
+        writer.write_all(&hello).await?;
+        let mut framed =
+            FramedRead::with_capacity(read, ProtocolCodec::new(self.max_frame), 256 * 1024);
+        let reply = tokio::time::timeout(Duration::from_secs(10), framed.next())
+            .await
+            .map_err(|_| LinkError::Lost("no answer to HELLO within 10 s".into()))?;
+        let initial = match reply {
+            Some(Ok(Frame::Ok { initial_credits })) => initial_credits,
+            Some(Ok(Frame::Error { message })) => {
+                return Err(LinkError::Fatal(anyhow!(
+                    "engine at {} refused this connector: {message}",
+                    self.endpoint
+                )))
+            }
+            Some(Ok(other)) => {
+                return Err(LinkError::Fatal(anyhow!(
+                    "engine at {} answered HELLO with {:?} instead of OK; is that address really the engine's source listener?",
+                    self.endpoint,
+                    other.tag()
+                )))
+            }
+            Some(Err(e)) => return Err(LinkError::Lost(format!("bad answer to HELLO: {e}"))),
+            None => return Err(LinkError::Lost("engine closed the connection after HELLO".into())),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let granted = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(Notify::new());
+        let acked = Arc::new(Mutex::new(HashMap::new()));
+        let reader = tokio::spawn(read_loop(
+            framed,
+            tx,
+            granted.clone(),
+            wake.clone(),
+            acked.clone(),
+            self.acks.clone(),
+        ));
+        self.credits = u64::from(initial);
+        self.metrics.credits.set(self.credits as i64);
+        self.conn = Some(Conn {
+            writer,
+            control: rx,
+            granted,
+            wake,
+            acked,
+            reader,
+        });
+        Ok(())
+    }
+
+    /// After a (re)connect: NOTIFY every open stream, then resend unacknowledged messages
+    /// above the engine's resume point.
+    async fn resume_streams(&mut self) -> Result<(), LinkError> {
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for id in ids {
+            let (name, hint) = match self.streams.get(&id) {
+                Some(s) => (s.name.clone(), s.acked),
+                None => continue,
+            };
+            let point = self.notify_raw(id, &name, hint).await?;
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            if let Some(p) = point {
+                while s.unacked.front().is_some_and(|(mid, _)| *mid <= p) {
+                    s.unacked.pop_front();
+                }
+                if s.acked.is_none_or(|a| a < p) {
+                    s.acked = Some(p);
+                    self.acks.post(id, p);
+                }
+            }
+            let replay: Vec<Bytes> = s.unacked.iter().map(|(_, f)| f.clone()).collect();
+            for frame in replay {
+                self.spend_credit().await?;
+                self.buf.extend_from_slice(&frame);
+                if self.buf.len() >= FLUSH_AT {
+                    self.write_buf().await?;
+                }
+            }
+        }
+        self.write_buf().await
+    }
+
+    /// Moves MESSAGE frames still in `buf` into the replay buffers (before a reconnect).
+    fn stash_pending(&mut self) {
+        if self.pending.is_empty() {
+            self.buf.clear();
+            return;
+        }
+        let chunk = self.buf.split().freeze();
+        for (sid, mid, a, b) in self.pending.drain(..) {
+            if let Some(s) = self.streams.get_mut(&sid) {
+                s.unacked.push_back((mid, chunk.slice(a..b)));
+            }
+        }
+    }
+
+    /// Writes `buf` to the connection as is.
+    async fn write_buf(&mut self) -> Result<(), LinkError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| LinkError::Lost("not connected".into()))?;
+        let chunk = self.buf.split().freeze();
+        conn.writer.write_all(&chunk).await?;
+        Ok(())
+    }
+
+    /// Waits for and spends one credit on the current connection.
+    async fn spend_credit(&mut self) -> Result<(), LinkError> {
+        if self.credits > 0 {
+            self.credits -= 1;
+            return Ok(());
+        }
+        loop {
+            let conn = self
+                .conn
+                .as_mut()
+                .ok_or_else(|| LinkError::Lost("not connected".into()))?;
+            let g = conn.granted.swap(0, Ordering::AcqRel);
+            if g > 0 {
+                self.credits = g - 1;
+                self.metrics.credits.set(self.credits as i64);
+                return Ok(());
+            }
+            self.flush_conn().await?;
+            let conn = self
+                .conn
+                .as_mut()
+                .ok_or_else(|| LinkError::Lost("not connected".into()))?;
+            let wake = conn.wake.clone();
+            tokio::select! {
+                _ = wake.notified() => {}
+                c = conn.control.recv() => handle_control(c)?,
+                _ = self.shutdown.cancelled() => return Err(LinkError::Fatal(ShuttingDown.into())),
+            }
+        }
+    }
+
+    /// Writes `buf`, moving its MESSAGE frames into the replay buffers, and prunes what the
+    /// engine acknowledged.
+    async fn flush_conn(&mut self) -> Result<(), LinkError> {
+        if !self.buf.is_empty() {
+            let chunk = self.buf.split().freeze();
+            for (sid, mid, a, b) in self.pending.drain(..) {
+                if let Some(s) = self.streams.get_mut(&sid) {
+                    s.unacked.push_back((mid, chunk.slice(a..b)));
+                }
+            }
+            let conn = self
+                .conn
+                .as_mut()
+                .ok_or_else(|| LinkError::Lost("not connected".into()))?;
+            conn.writer.write_all(&chunk).await?;
+        }
+        self.prune();
+        Ok(())
+    }
+
+    /// Drops acknowledged frames from the replay buffers.
+    fn prune(&mut self) {
+        let Some(conn) = &self.conn else { return };
+        let acked: Vec<(u64, u64)> = {
+            let mut m = conn.acked.lock().unwrap_or_else(|p| p.into_inner());
+            m.drain().collect()
+        };
+        let mut done = 0u64;
+        for (sid, p) in acked {
+            if let Some(s) = self.streams.get_mut(&sid) {
+                while s.unacked.front().is_some_and(|(mid, _)| *mid <= p) {
+                    s.unacked.pop_front();
+                    done += 1;
+                }
+                s.acked = Some(s.acked.map_or(p, |a| a.max(p)));
+            }
+        }
+        if done > 0 {
+            self.metrics.acked.add(done);
+        }
+        self.metrics.in_flight.set(self.unacked() as i64);
+    }
+
+    async fn notify_raw(
+        &mut self,
+        id: u64,
+        name: &str,
+        hint: Option<u64>,
+    ) -> Result<Option<u64>, LinkError> {
+        self.spend_credit().await?;
+        Frame::Notify {
+            stream_id: id,
+            stream_name: name.to_string(),
+            point_of_ref: hint.unwrap_or(0),
+        }
+        .encode(&mut self.buf)
+        .map_err(|e| LinkError::Fatal(e.into()))?;
+        self.flush_conn().await?;
+        loop {
+            let conn = self
+                .conn
+                .as_mut()
+                .ok_or_else(|| LinkError::Lost("not connected".into()))?;
+            let c = tokio::select! {
+                c = conn.control.recv() => c,
+                _ = self.shutdown.cancelled() => return Err(LinkError::Fatal(ShuttingDown.into())),
+            };
+            match c {
+                Some(Control::NotifyAck {
+                    success,
+                    stream_id,
+                    point,
+                }) if stream_id == id => {
+                    if !success {
+                        return Err(LinkError::Fatal(anyhow!(
+                            "engine refused stream `{name}` (id {id}): it is active on another connection"
+                        )));
+                    }
+                    return Ok((point != NOTHING_PROCESSED).then_some(point));
+                }
+                Some(Control::NotifyAck { .. }) => continue,
+                other => handle_control(other)?,
+            }
+        }
+    }
+
+    async fn notify(&mut self, name: &str, hint: Option<u64>) -> Result<StreamHandle> {
+        let id = stream_id_for(name);
+        if self.streams.contains_key(&id) {
+            bail!("stream `{name}` is already open");
+        }
+        loop {
+            match self.notify_raw(id, name, hint).await {
+                Ok(point) => {
+                    self.streams.insert(
+                        id,
+                        OpenStream {
+                            name: name.to_string(),
+                            unacked: VecDeque::new(),
+                            acked: point,
+                        },
+                    );
+                    return Ok(StreamHandle {
+                        id,
+                        name: name.to_string(),
+                        resume: point,
+                    });
+                }
+                Err(LinkError::Fatal(e)) => return Err(e),
+                Err(LinkError::Lost(why)) => {
+                    tracing::warn!("lost the engine connection: {why}; reconnecting");
+                    self.reconnect().await?;
+                }
+            }
+        }
+    }
+
+    async fn write(
+        &mut self,
+        stream_id: u64,
+        message_id: u64,
+        event_time: i64,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<()> {
+        if self.last_stream != Some(stream_id) {
+            if !self.streams.contains_key(&stream_id) {
+                bail!("write on stream {stream_id} before notify()");
+            }
+            self.last_stream = Some(stream_id);
+        }
+        loop {
+            match self.spend_credit().await {
+                Ok(()) => break,
+                Err(LinkError::Fatal(e)) => return Err(e),
+                Err(LinkError::Lost(why)) => {
+                    tracing::warn!("lost the engine connection: {why}; reconnecting");
+                    self.reconnect().await?;
+                }
+            }
+        }
+        let start = self.buf.len();
+        if self.buf.capacity() - start < 64 + key.len() + payload.len() {
+            self.buf
+                .reserve(FLUSH_AT.max(64 + key.len() + payload.len()));
+        }
+        encode_message(
+            &mut self.buf,
+            stream_id,
+            message_id,
+            event_time,
+            key,
+            payload,
+        )?;
+        self.pending
+            .push((stream_id, message_id, start, self.buf.len()));
+        if self.buf.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        loop {
+            match self.flush_conn().await {
+                Ok(()) => return Ok(()),
+                Err(LinkError::Fatal(e)) => return Err(e),
+                Err(LinkError::Lost(why)) => {
+                    tracing::warn!("lost the engine connection: {why}; reconnecting");
+                    self.reconnect().await?;
+                }
+            }
+        }
+    }
+
+    async fn eos(&mut self, stream_id: u64) -> Result<()> {
+        Frame::Eos { stream_id }.encode(&mut self.buf)?;
+        self.flush().await?;
+        self.streams.remove(&stream_id);
+        if self.last_stream == Some(stream_id) {
+            self.last_stream = None;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self, timeout: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.flush().await?;
+        loop {
+            self.prune();
+            let left = self.unacked();
+            if left == 0 {
+                return Ok(0);
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Ok(left);
+            };
+            let wake = conn.wake.clone();
+            tokio::select! {
+                _ = wake.notified() => {}
+                c = conn.control.recv() => {
+                    if let Err(e) = handle_control(c) {
+                        let why = match e {
+                            LinkError::Lost(w) => w,
+                            LinkError::Fatal(f) => f.to_string(),
+                        };
+                        tracing::warn!("engine connection lost while draining: {why}");
+                        return Ok(left);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ok(left),
+            }
+        }
+    }
+}
+
+fn handle_control(c: Option<Control>) -> Result<(), LinkError> {
+    match c {
+        None => Err(LinkError::Lost("engine connection closed".into())),
+        Some(Control::Lost(why)) => Err(LinkError::Lost(why)),
+        Some(Control::Restart(addr)) => Err(LinkError::Lost(format!(
+            "engine asked to reconnect (RESTART{})",
+            if addr.is_empty() {
+                String::new()
+            } else {
+                format!(" to {addr}")
+            }
+        ))),
+        Some(Control::Refused(msg)) => {
+            Err(LinkError::Fatal(anyhow!("engine reported an error: {msg}")))
+        }
+        Some(Control::NotifyAck { .. }) => Ok(()),
+    }
+}
+
+/// Reads frames from the engine: credits and acknowledgements are applied directly,
+/// everything else is reported to the writer.
+async fn read_loop(
+    mut framed: FramedRead<BoxRead, ProtocolCodec>,
+    control: mpsc::UnboundedSender<Control>,
+    granted: Arc<AtomicU64>,
+    wake: Arc<Notify>,
+    acked: Arc<Mutex<HashMap<u64, u64>>>,
+    board: Arc<AckBoard>,
+) {
+    let why = loop {
+        match framed.next().await {
+            Some(Ok(Frame::Ack { credits, acks })) => {
+                if !acks.is_empty() {
+                    let mut m = acked.lock().unwrap_or_else(|p| p.into_inner());
+                    for (s, p) in &acks {
+                        let e = m.entry(*s).or_insert(*p);
+                        *e = (*e).max(*p);
+                    }
+                    drop(m);
+                    for (s, p) in acks {
+                        board.post(s, p);
+                    }
+                }
+                if credits > 0 {
+                    granted.fetch_add(u64::from(credits), Ordering::AcqRel);
+                }
+                wake.notify_one();
+            }
+            Some(Ok(Frame::NotifyAck {
+                success,
+                stream_id,
+                point_of_ref,
+            })) => {
+                let _ = control.send(Control::NotifyAck {
+                    success,
+                    stream_id,
+                    point: point_of_ref,
+                });
+            }
+            Some(Ok(Frame::Restart { address })) => {
+                let _ = control.send(Control::Restart(address));
+                return;
+            }
+            Some(Ok(Frame::Error { message })) => {
+                let _ = control.send(Control::Refused(message));
+                return;
+            }
+            Some(Ok(other)) => break format!("unexpected {:?} frame from the engine", other.tag()),
+            Some(Err(e)) => break format!("bad frame from the engine: {e}"),
+            None => break "engine closed the connection".to_string(),
+        }
+    };
+    let _ = control.send(Control::Lost(why));
+    wake.notify_one();
+}
