@@ -38,6 +38,15 @@ impl FromStr for Format {
 }
 
 impl Format {
+    /// The name used on the command line (`lines`, `frames`, `kv`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Lines => "lines",
+            Format::Frames => "frames",
+            Format::Kv => "kv",
+        }
+    }
+
     /// Appends one record in this format.
     pub fn encode(&self, key: &[u8], payload: &[u8], dst: &mut BytesMut) {
         match self {

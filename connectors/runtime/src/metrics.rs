@@ -3,6 +3,13 @@
 
 use telemetry::{Counter, Gauge, Registry, StatsSource};
 
+/// Error kinds counted by the runtime (`connector_errors_total{kind=...}`): `refused` (a
+/// message the external system permanently refused, see `Context::dead_letter`),
+/// `engine_connection` (the connection to the engine was lost), `protocol` (an engine
+/// connection to a sink broke the protocol), `decode` (a record on standard input could not
+/// be read). Connectors add their own kinds with [`ConnectorMetrics::error`].
+pub const ERROR_KINDS: &[&str] = &["refused", "engine_connection", "protocol", "decode"];
+
 /// Counters and gauges every connector exposes on `--metrics-addr` and in its stats line.
 #[derive(Debug, Clone)]
 pub struct ConnectorMetrics {
@@ -60,6 +67,15 @@ impl ConnectorMetrics {
             &[],
         );
         lag.set(-1);
+        // The error kinds the runtime itself counts, shown at 0 from the start so that
+        // dashboards and alerts see the series before the first error.
+        for kind in ERROR_KINDS {
+            registry.counter(
+                "connector_errors_total",
+                "Errors, by kind.",
+                &[("kind", kind)],
+            );
+        }
         ConnectorMetrics {
             acked: registry.counter(
                 "connector_acked_total",

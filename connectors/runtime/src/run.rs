@@ -5,11 +5,12 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use application::Direction;
-use framing::{Hello, PROTOCOL_VERSION};
+use framing::{Frame, Hello, ProtocolCodec, PROTOCOL_VERSION};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{self, ConnectorSpec, Input, Output};
@@ -145,12 +146,14 @@ impl ConnectorBuilder<Sink> {
             },
             check,
             |ctx| async move {
+                let input_error: Arc<Mutex<Option<String>>> = Arc::default();
                 let sink = match ctx.options.input {
-                    Input::Stdin => Sink::stdin(
+                    Input::Stdin => Sink::stdin_reporting(
                         ctx.options.format,
                         ctx.options.max_frame,
                         ctx.metrics.clone(),
                         ctx.shutdown.clone(),
+                        input_error.clone(),
                     ),
                     Input::Engine => {
                         let (cookie, config) = match (&ctx.app, &ctx.options.config) {
@@ -173,7 +176,13 @@ impl ConnectorBuilder<Sink> {
                         .await?
                     }
                 };
-                body(ctx, sink).await
+                body(ctx, sink).await?;
+                // The body saw the end of input; say so if it ended on an unreadable record.
+                let bad_input = input_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match bad_input {
+                    Some(why) => Err(anyhow!(why)),
+                    None => Ok(()),
+                }
             },
         )
     }
@@ -202,15 +211,22 @@ where
     let (ctx, rt) = match builder.start() {
         Ok(Some(x)) => x,
         Ok(None) => return ExitCode::SUCCESS,
+        Err(e) if std::env::args_os().any(|a| a == "--check") => {
+            // `--check` promises one line per check: a bad application file, an unknown
+            // connector name or a bad option is the first (and only) failed check.
+            Check::fail("arguments and application file", error_chain(&e)).report();
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
-            eprintln!("{program}: {e:#}");
+            eprintln!("{program}: {}", error_chain(&e));
             return ExitCode::from(2);
         }
     };
     let direction = builder.spec.direction;
+    let spec = builder.spec;
     rt.block_on(async move {
         if ctx.options.check {
-            return run_checks(ctx, direction, check).await;
+            return run_checks(ctx, spec, check).await;
         }
         let signals = ctx.shutdown.clone();
         tokio::spawn(async move {
@@ -239,14 +255,32 @@ where
             Err(e) if e.downcast_ref::<OutputClosed>().is_some() => ExitCode::SUCCESS,
             Err(e) if e.downcast_ref::<ShuttingDown>().is_some() => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{program}: {e:#}");
+                eprintln!("{program}: {}", error_chain(&e));
                 ExitCode::FAILURE
             }
         }
     })
 }
 
-async fn run_checks(ctx: Context, direction: Direction, check: Option<CheckFn>) -> ExitCode {
+/// `{e:#}` without repeating a cause whose text the message before it already contains
+/// (errors that embed their source, like the application file's, would print it twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+async fn run_checks(ctx: Context, spec: ConnectorSpec, check: Option<CheckFn>) -> ExitCode {
+    let direction = spec.direction;
     let mut checks = Vec::new();
     match &ctx.app {
         Some(app) => checks.push(Check::ok(format!(
@@ -257,14 +291,42 @@ async fn run_checks(ctx: Context, direction: Direction, check: Option<CheckFn>) 
         ))),
         None => checks.push(Check::ok("no application file (stdin/stdout mode)")),
     }
+    // Parsing lets required parameters be missing under --check so that every problem is
+    // reported here, one line each, instead of only the first.
+    for p in spec.params.iter().filter(|p| p.required) {
+        if ctx.params.get(p.name).is_none() {
+            let env = format!("{}_{}", ctx.connector, p.name)
+                .to_ascii_uppercase()
+                .replace('-', "_");
+            checks.push(Check::fail(
+                format!("parameter --{}-{}", ctx.connector, p.name),
+                format!(
+                    "missing ({}); pass --{}-{} VALUE, set `{}` in the connector's params table, or set {env}",
+                    p.help, ctx.connector, p.name, p.name
+                ),
+            ));
+        }
+    }
     if let Some(endpoint) = ctx.options.config.as_ref().and_then(|c| c.endpoint()) {
         match direction {
             Direction::Source if ctx.options.output == Output::Engine => {
-                let what = format!("engine listening at {endpoint}");
-                checks.push(match transport::connect(&endpoint).await {
-                    Ok(_) => Check::ok(what),
-                    Err(e) => Check::fail(what, format!("{e}: start the engine first, or fix the address in the application file")),
-                });
+                let what = format!("engine accepts `{}` at {endpoint}", ctx.connector);
+                let hello = Hello {
+                    version: PROTOCOL_VERSION.to_string(),
+                    cookie: ctx
+                        .app
+                        .as_ref()
+                        .map(|a| a.cookie.clone())
+                        .unwrap_or_default(),
+                    program_name: spec.program.to_string(),
+                    instance_name: ctx.connector.clone(),
+                };
+                checks.push(
+                    match check_engine(&endpoint, hello, ctx.options.max_frame).await {
+                        Ok(()) => Check::ok(what),
+                        Err(e) => Check::fail(what, e),
+                    },
+                );
             }
             Direction::Sink if ctx.options.input == Input::Engine => {
                 let what = format!("can listen at {endpoint} for the engine");
@@ -290,6 +352,58 @@ async fn run_checks(ctx: Context, direction: Direction, check: Option<CheckFn>) 
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Says HELLO to the engine and waits for its answer: reachable, really the engine's source
+/// listener, and the cookie and version match. Closes the connection without sending data.
+async fn check_engine(
+    endpoint: &application::Endpoint,
+    hello: Hello,
+    max_frame: usize,
+) -> std::result::Result<(), String> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let connect = tokio::time::timeout(Duration::from_secs(5), transport::connect(endpoint));
+    let (read, mut write) = match connect.await {
+        Err(_) => return Err("no answer within 5 s: is the address right?".to_string()),
+        Ok(Err(e)) => {
+            return Err(format!(
+                "{e}: start the engine first (engine --application-module FILE), or fix the address in the application file"
+            ))
+        }
+        Ok(Ok(c)) => c,
+    };
+    let mut buf = bytes::BytesMut::new();
+    Frame::Hello(hello)
+        .encode(&mut buf)
+        .map_err(|e| e.to_string())?;
+    write
+        .write_all(&buf)
+        .await
+        .map_err(|e| format!("connection dropped while saying HELLO: {e}"))?;
+    let mut framed = tokio_util::codec::FramedRead::new(read, ProtocolCodec::new(max_frame));
+    let answer = tokio::time::timeout(Duration::from_secs(5), framed.next()).await;
+    let _ = write.shutdown().await;
+    match answer {
+        Err(_) => Err(
+            "connected, but no answer to HELLO within 5 s: is this the engine's source address?"
+                .into(),
+        ),
+        Ok(Some(Ok(Frame::Ok { .. }))) => Ok(()),
+        Ok(Some(Ok(Frame::Error { message }))) => Err(format!(
+            "the engine refused this connector: {message} (check the cookie and the connector name)"
+        )),
+        Ok(Some(Ok(other))) => Err(format!(
+            "answered HELLO with {:?}, not OK: is this the engine's source address?",
+            other.tag()
+        )),
+        Ok(Some(Err(e))) => Err(format!(
+            "bad answer to HELLO: {e}: is this the engine's source address?"
+        )),
+        Ok(None) => {
+            Err("closed the connection after HELLO: is this the engine's source address?".into())
+        }
     }
 }
 

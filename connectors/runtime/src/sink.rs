@@ -175,7 +175,20 @@ impl Sink {
         metrics: ConnectorMetrics,
         shutdown: CancellationToken,
     ) -> Sink {
+        Sink::stdin_reporting(format, max_frame, metrics, shutdown, Arc::default())
+    }
+
+    /// [`Sink::stdin`] that leaves the reason in `error` when the input ends on a record it
+    /// cannot read (the runtime then exits non-zero instead of treating it as end of input).
+    pub(crate) fn stdin_reporting(
+        format: Format,
+        max_frame: usize,
+        metrics: ConnectorMetrics,
+        shutdown: CancellationToken,
+        error: Arc<Mutex<Option<String>>>,
+    ) -> Sink {
         let (tx, rx) = mpsc::channel(64);
+        let counters = metrics.clone();
         tokio::spawn(async move {
             let mut framed = FramedRead::with_capacity(
                 tokio::io::stdin(),
@@ -197,6 +210,8 @@ impl Sink {
                 match next {
                     Some(Ok((key, payload))) => {
                         id += 1;
+                        counters.messages_in.inc();
+                        counters.bytes_in.add(payload.len() as u64);
                         batch.push(SinkMessage::detached(0, id, key, payload));
                         if batch.len() >= MAX_BATCH
                             && tx.send(std::mem::take(&mut batch)).await.is_err()
@@ -205,7 +220,13 @@ impl Sink {
                         }
                     }
                     Some(Err(e)) => {
+                        counters.error("decode");
                         tracing::error!("standard input: {e}");
+                        *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                            "standard input, record {}: {e} (is --format {} right?)",
+                            id + 1,
+                            format.name()
+                        ));
                         break;
                     }
                     None => break,
@@ -350,13 +371,13 @@ impl Session {
             Ok(Some(Ok(Frame::Hello(h)))) => h,
             Ok(Some(Ok(other))) => {
                 let why = format!("expected HELLO as the first frame, got {:?}", other.tag());
-                return Err(send_error(&mut write, &why).await);
+                return Err(self.refuse(&mut write, &why).await);
             }
-            Ok(Some(Err(e))) => return Err(send_error(&mut write, &e.to_string()).await),
+            Ok(Some(Err(e))) => return Err(self.refuse(&mut write, &e.to_string()).await),
             Ok(None) => return Err("closed before HELLO".into()),
         };
         if let Err(why) = check_hello(&hello, &self.config.cookie) {
-            return Err(send_error(&mut write, &why).await);
+            return Err(self.refuse(&mut write, &why).await);
         }
         tracing::info!(
             "engine {} ({}) connected from {}",
@@ -372,6 +393,7 @@ impl Session {
         .map_err(|e| e.to_string())?;
         write.write_all(&wbuf).await.map_err(|e| e.to_string())?;
         wbuf.clear();
+        self.metrics.credits.set(credits.balance() as i64);
         let mut streams = StreamTable::default();
         // Ids delivered to the connector and not yet acknowledged, per stream.
         let mut outstanding: HashMap<u64, VecDeque<u64>> = HashMap::new();
@@ -388,12 +410,12 @@ impl Session {
                             }
                             Some(Err(e)) => {
                                 self.deliver(batch).await?;
-                                return Err(send_error(&mut write, &e.to_string()).await);
+                                return Err(self.refuse(&mut write, &e.to_string()).await);
                             }
                             Some(Ok(f)) => {
                                 if let Err(why) = self.on_frame(f, &mut credits, &mut streams, &mut outstanding, &mut batch, &mut wbuf) {
                                     self.deliver(batch).await?;
-                                    return Err(send_error(&mut write, &why).await);
+                                    return Err(self.refuse(&mut write, &why).await);
                                 }
                             }
                         }
@@ -409,6 +431,7 @@ impl Session {
                         write.write_all(&wbuf).await.map_err(|e| e.to_string())?;
                         wbuf.clear();
                     }
+                    self.metrics.credits.set(credits.balance() as i64);
                     self.deliver(batch).await?;
                 }
                 cmd = acks.recv() => {
@@ -535,6 +558,12 @@ impl Session {
                 other.tag()
             )),
         }
+    }
+
+    /// Counts a protocol error, sends ERROR (best effort) and returns the reason.
+    async fn refuse(&self, write: &mut BoxWrite, why: &str) -> String {
+        self.metrics.error("protocol");
+        send_error(write, why).await
     }
 
     async fn deliver(&self, batch: Vec<SinkMessage>) -> Result<(), String> {

@@ -173,6 +173,7 @@ impl Source {
                 out: tokio::io::stdout(),
                 buf: BytesMut::new(),
                 last: HashMap::new(),
+                records: 0,
             }),
             acks: Arc::new(AckBoard::default()),
             metrics,
@@ -232,8 +233,18 @@ impl Source {
                     .await
             }
             Inner::Stdout(s) => {
-                s.write(stream_id, message_id, key, payload, &self.acks)
-                    .await
+                let r = s
+                    .write(
+                        stream_id,
+                        message_id,
+                        key,
+                        payload,
+                        &self.acks,
+                        &self.metrics,
+                    )
+                    .await;
+                self.metrics.in_flight.set(s.records as i64);
+                r
             }
         }
     }
@@ -242,7 +253,7 @@ impl Source {
     pub async fn flush(&mut self) -> Result<()> {
         match &mut self.inner {
             Inner::Engine(l) => l.flush().await,
-            Inner::Stdout(s) => s.flush(&self.acks).await,
+            Inner::Stdout(s) => s.flush(&self.acks, &self.metrics).await,
         }
     }
 
@@ -251,7 +262,7 @@ impl Source {
     pub async fn eos(&mut self, stream_id: u64) -> Result<()> {
         match &mut self.inner {
             Inner::Engine(l) => l.eos(stream_id).await,
-            Inner::Stdout(s) => s.flush(&self.acks).await,
+            Inner::Stdout(s) => s.flush(&self.acks, &self.metrics).await,
         }
     }
 
@@ -260,7 +271,7 @@ impl Source {
     pub async fn drain(&mut self, timeout: Duration) -> Result<usize> {
         match &mut self.inner {
             Inner::Engine(l) => l.drain(timeout).await,
-            Inner::Stdout(s) => s.flush(&self.acks).await.map(|_| 0),
+            Inner::Stdout(s) => s.flush(&self.acks, &self.metrics).await.map(|_| 0),
         }
     }
 
@@ -278,7 +289,7 @@ impl Source {
     pub fn in_flight(&self) -> usize {
         match &self.inner {
             Inner::Engine(l) => l.unacked(),
-            Inner::Stdout(s) => s.buf.len().min(1),
+            Inner::Stdout(s) => s.records as usize,
         }
     }
 }
@@ -289,6 +300,8 @@ struct StdoutLink {
     out: tokio::io::Stdout,
     buf: BytesMut,
     last: HashMap<u64, u64>,
+    /// Records in `buf`.
+    records: u64,
 }
 
 impl StdoutLink {
@@ -299,16 +312,20 @@ impl StdoutLink {
         key: &[u8],
         payload: &[u8],
         acks: &AckBoard,
+        metrics: &ConnectorMetrics,
     ) -> Result<()> {
         self.format.encode(key, payload, &mut self.buf);
         self.last.insert(stream_id, message_id);
+        self.records += 1;
         if self.buf.len() >= 64 * 1024 {
-            self.flush(acks).await?;
+            self.flush(acks, metrics).await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self, acks: &AckBoard) -> Result<()> {
+    /// Writes the buffer; only once all of it is written are its records acknowledged
+    /// (a closed stdout leaves them unacknowledged, so they are not committed upstream).
+    async fn flush(&mut self, acks: &AckBoard, metrics: &ConnectorMetrics) -> Result<()> {
         if !self.buf.is_empty() {
             let r = async {
                 self.out.write_all(&self.buf).await?;
@@ -326,6 +343,9 @@ impl StdoutLink {
         for (s, p) in self.last.drain() {
             acks.post(s, p);
         }
+        metrics.acked.add(self.records);
+        self.records = 0;
+        metrics.in_flight.set(0);
         Ok(())
     }
 }
@@ -411,6 +431,9 @@ impl EngineLink {
     async fn reconnect(&mut self) -> Result<()> {
         self.stash_pending();
         let first = self.conn.is_none() && self.streams.is_empty();
+        if !first {
+            self.metrics.error("engine_connection");
+        }
         self.conn = None;
         let mut backoff = Backoff::default();
         loop {
@@ -575,6 +598,7 @@ impl EngineLink {
     async fn spend_credit(&mut self) -> Result<(), LinkError> {
         if self.credits > 0 {
             self.credits -= 1;
+            self.metrics.credits.set(self.credits as i64);
             return Ok(());
         }
         loop {
@@ -802,16 +826,17 @@ impl EngineLink {
             let wake = conn.wake.clone();
             tokio::select! {
                 _ = wake.notified() => {}
-                c = conn.control.recv() => {
-                    if let Err(e) = handle_control(c) {
-                        let why = match e {
-                            LinkError::Lost(w) => w,
-                            LinkError::Fatal(f) => f.to_string(),
-                        };
-                        tracing::warn!("engine connection lost while draining: {why}");
-                        return Ok(left);
+                c = conn.control.recv() => match handle_control(c) {
+                    Ok(()) => {}
+                    Err(LinkError::Fatal(e)) => return Err(e),
+                    Err(LinkError::Lost(why)) => {
+                        tracing::warn!("lost the engine connection while draining: {why}; reconnecting");
+                        tokio::select! {
+                            r = self.reconnect() => r?,
+                            _ = tokio::time::sleep_until(deadline) => return Ok(left),
+                        }
                     }
-                }
+                },
                 _ = tokio::time::sleep_until(deadline) => return Ok(left),
             }
         }

@@ -1,0 +1,453 @@
+//! The source client and the sink server against scripted peers speaking raw frames:
+//! handshake, credits, acknowledgements, replay after a reconnect, and refusal of bad peers.
+
+use std::time::Duration;
+
+use application::Endpoint;
+use bytes::{Bytes, BytesMut};
+use connector_runtime::metrics::ConnectorMetrics;
+use connector_runtime::sink::{Sink, SinkServerConfig};
+use connector_runtime::Source;
+use framing::{Frame, Hello, Message, ProtocolCodec, NOTHING_PROCESSED, PROTOCOL_VERSION};
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+fn hello(cookie: &str) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION.into(),
+        cookie: cookie.into(),
+        program_name: "test".into(),
+        instance_name: "t".into(),
+    }
+}
+
+async fn next(f: &mut Framed<TcpStream, ProtocolCodec>) -> Frame {
+    tokio::time::timeout(Duration::from_secs(10), f.next())
+        .await
+        .expect("frame within 10 s")
+        .expect("connection open")
+        .expect("valid frame")
+}
+
+fn msg_id(f: &Frame) -> u64 {
+    match f {
+        Frame::Message(m) => m.message_id,
+        other => panic!("expected MESSAGE, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn source_replays_unacknowledged_messages_after_reconnect() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let endpoint = Endpoint::Tcp {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let metrics = ConnectorMetrics::new("test", "t");
+    let client = tokio::spawn(async move {
+        let mut source = Source::connect_engine(
+            endpoint,
+            hello(""),
+            1 << 20,
+            metrics,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let mut acks = source.acks();
+        let s = source.notify("stream-a", None).await.unwrap();
+        assert_eq!(s.resume, None);
+        for id in 1..=100u64 {
+            source
+                .write(s.id, id, b"k", format!("payload-{id}").as_bytes())
+                .await
+                .unwrap();
+        }
+        source.flush().await.unwrap();
+        // Everything gets acknowledged eventually, across the reconnect.
+        let left = source.drain(Duration::from_secs(20)).await.unwrap();
+        assert_eq!(left, 0);
+        let mut last = 0;
+        for a in acks.try_next() {
+            last = last.max(a.point);
+        }
+        assert_eq!(last, 100);
+    });
+
+    // First connection: grant 100 credits, acknowledge 1..=50, then drop the connection.
+    let (sock, _) = listener.accept().await.unwrap();
+    let mut f = Framed::new(sock, ProtocolCodec::default());
+    assert!(matches!(next(&mut f).await, Frame::Hello(_)));
+    f.send(Frame::Ok {
+        initial_credits: 101,
+    })
+    .await
+    .unwrap();
+    let (sid, name) = match next(&mut f).await {
+        Frame::Notify {
+            stream_id,
+            stream_name,
+            point_of_ref,
+        } => {
+            assert_eq!(point_of_ref, 0);
+            (stream_id, stream_name)
+        }
+        other => panic!("expected NOTIFY, got {other:?}"),
+    };
+    assert_eq!(name, "stream-a");
+    f.send(Frame::NotifyAck {
+        success: true,
+        stream_id: sid,
+        point_of_ref: NOTHING_PROCESSED,
+    })
+    .await
+    .unwrap();
+    for want in 1..=100u64 {
+        assert_eq!(msg_id(&next(&mut f).await), want);
+    }
+    f.send(Frame::Ack {
+        credits: 0,
+        acks: vec![(sid, 50)],
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(f);
+
+    // Second connection: the engine says it processed up to 60; 61..=100 must be resent.
+    let (sock, _) = listener.accept().await.unwrap();
+    let mut f = Framed::new(sock, ProtocolCodec::default());
+    assert!(matches!(next(&mut f).await, Frame::Hello(_)));
+    f.send(Frame::Ok {
+        initial_credits: 1000,
+    })
+    .await
+    .unwrap();
+    match next(&mut f).await {
+        Frame::Notify {
+            stream_id,
+            point_of_ref,
+            ..
+        } => {
+            assert_eq!(stream_id, sid);
+            assert_eq!(
+                point_of_ref, 50,
+                "the client resumes from what was acknowledged"
+            );
+        }
+        other => panic!("expected NOTIFY, got {other:?}"),
+    }
+    f.send(Frame::NotifyAck {
+        success: true,
+        stream_id: sid,
+        point_of_ref: 60,
+    })
+    .await
+    .unwrap();
+    for want in 61..=100u64 {
+        let frame = next(&mut f).await;
+        assert_eq!(msg_id(&frame), want);
+        if let Frame::Message(m) = frame {
+            assert_eq!(m.payload, Bytes::from(format!("payload-{want}")));
+        }
+    }
+    f.send(Frame::Ack {
+        credits: 0,
+        acks: vec![(sid, 100)],
+    })
+    .await
+    .unwrap();
+    client.await.unwrap();
+}
+
+#[tokio::test]
+async fn source_stops_on_credits_and_resumes_on_grant() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let endpoint = Endpoint::Tcp {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let client = tokio::spawn(async move {
+        let mut source = Source::connect_engine(
+            endpoint,
+            hello(""),
+            1 << 20,
+            ConnectorMetrics::new("t", "t"),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let s = source.notify("s", None).await.unwrap();
+        for id in 1..=10u64 {
+            source.write(s.id, id, b"", b"x").await.unwrap();
+        }
+        source.flush().await.unwrap();
+        source.drain(Duration::from_secs(10)).await.unwrap()
+    });
+    let (sock, _) = listener.accept().await.unwrap();
+    let mut f = Framed::new(sock, ProtocolCodec::default());
+    next(&mut f).await;
+    // 1 credit for NOTIFY + 4 messages.
+    f.send(Frame::Ok { initial_credits: 5 }).await.unwrap();
+    let sid = match next(&mut f).await {
+        Frame::Notify { stream_id, .. } => stream_id,
+        other => panic!("{other:?}"),
+    };
+    f.send(Frame::NotifyAck {
+        success: true,
+        stream_id: sid,
+        point_of_ref: NOTHING_PROCESSED,
+    })
+    .await
+    .unwrap();
+    for want in 1..=4 {
+        assert_eq!(msg_id(&next(&mut f).await), want);
+    }
+    // Nothing more may arrive without credits.
+    assert!(tokio::time::timeout(Duration::from_millis(300), f.next())
+        .await
+        .is_err());
+    f.send(Frame::Ack {
+        credits: 6,
+        acks: vec![(sid, 4)],
+    })
+    .await
+    .unwrap();
+    for want in 5..=10 {
+        assert_eq!(msg_id(&next(&mut f).await), want);
+    }
+    f.send(Frame::Ack {
+        credits: 0,
+        acks: vec![(sid, 10)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(client.await.unwrap(), 0);
+}
+
+async fn sink_server(cookie: &str, max_credits: u32) -> (Sink, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let sink = Sink::listen(
+        SinkServerConfig {
+            endpoint: Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            cookie: cookie.into(),
+            max_credits,
+            max_frame: 1 << 20,
+        },
+        ConnectorMetrics::new("t", "t"),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    (sink, port)
+}
+
+fn message(stream_id: u64, message_id: u64, payload: &str) -> Frame {
+    Frame::Message(Message {
+        stream_id,
+        message_id,
+        event_time: 0,
+        key: Bytes::from(format!("k{message_id}")),
+        payload: Bytes::from(payload.to_string()),
+    })
+}
+
+#[tokio::test]
+async fn sink_delivers_in_order_and_acks_return_credits() {
+    let (mut sink, port) = sink_server("c", 10).await;
+    let mut f = Framed::new(
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+        ProtocolCodec::default(),
+    );
+    f.send(Frame::Hello(hello("c"))).await.unwrap();
+    assert_eq!(
+        next(&mut f).await,
+        Frame::Ok {
+            initial_credits: 10
+        }
+    );
+    f.send(Frame::Notify {
+        stream_id: 7,
+        stream_name: "out".into(),
+        point_of_ref: 0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        next(&mut f).await,
+        Frame::NotifyAck {
+            success: true,
+            stream_id: 7,
+            point_of_ref: NOTHING_PROCESSED
+        }
+    );
+    assert_eq!(
+        next(&mut f).await,
+        Frame::Ack {
+            credits: 1,
+            acks: vec![]
+        }
+    );
+    for id in 1..=10 {
+        f.send(message(7, id, &format!("p{id}"))).await.unwrap();
+    }
+    // A replayed id is dropped, and its credit comes back.
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let batch = tokio::time::timeout(Duration::from_secs(5), sink.read_batch(100))
+            .await
+            .unwrap()
+            .unwrap();
+        got.extend(batch);
+    }
+    let ids: Vec<u64> = got.iter().map(|m| m.message_id).collect();
+    assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+    assert_eq!(got[2].payload, Bytes::from("p3"));
+    assert_eq!(got[2].key, Bytes::from("k3"));
+    sink.ack_all(&got[..4]);
+    assert_eq!(
+        next(&mut f).await,
+        Frame::Ack {
+            credits: 4,
+            acks: vec![(7, 4)]
+        }
+    );
+    sink.ack_all(&got[4..]);
+    assert_eq!(
+        next(&mut f).await,
+        Frame::Ack {
+            credits: 6,
+            acks: vec![(7, 10)]
+        }
+    );
+
+    // A new connection (engine restart) learns the delivered point in NOTIFY_ACK.
+    let mut g = Framed::new(
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+        ProtocolCodec::default(),
+    );
+    g.send(Frame::Hello(hello("c"))).await.unwrap();
+    next(&mut g).await;
+    g.send(Frame::Notify {
+        stream_id: 7,
+        stream_name: "out".into(),
+        point_of_ref: 0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        next(&mut g).await,
+        Frame::NotifyAck {
+            success: true,
+            stream_id: 7,
+            point_of_ref: 10
+        }
+    );
+}
+
+#[tokio::test]
+async fn sink_refuses_bad_peers_and_keeps_serving() {
+    let (mut sink, port) = sink_server("secret", 2).await;
+    // Wrong cookie.
+    let mut bad = Framed::new(
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+        ProtocolCodec::default(),
+    );
+    bad.send(Frame::Hello(hello("nope"))).await.unwrap();
+    match next(&mut bad).await {
+        Frame::Error { message } => assert!(message.contains("cookie"), "{message}"),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    // MESSAGE before NOTIFY.
+    let mut bad = Framed::new(
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+        ProtocolCodec::default(),
+    );
+    bad.send(Frame::Hello(hello("secret"))).await.unwrap();
+    next(&mut bad).await;
+    bad.send(message(1, 1, "x")).await.unwrap();
+    match next(&mut bad).await {
+        Frame::Error { message } => assert!(message.contains("NOTIFY"), "{message}"),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    // Credits overspent (2 granted, NOTIFY's comes back, 3 messages sent).
+    let mut bad = Framed::new(
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+        ProtocolCodec::default(),
+    );
+    bad.send(Frame::Hello(hello("secret"))).await.unwrap();
+    next(&mut bad).await;
+    bad.send(Frame::Notify {
+        stream_id: 1,
+        stream_name: "s".into(),
+        point_of_ref: 0,
+    })
+    .await
+    .unwrap();
+    for id in 1..=3 {
+        bad.send(message(1, id, "x")).await.unwrap();
+    }
+    let mut saw_error = false;
+    for _ in 0..4 {
+        match tokio::time::timeout(Duration::from_secs(5), bad.next()).await {
+            Ok(Some(Ok(Frame::Error { message }))) => {
+                assert!(message.contains("credits"), "{message}");
+                saw_error = true;
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    assert!(saw_error, "overspending credits must be refused with ERROR");
+    // Garbage (oversize length).
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &[0xff, 0xff, 0xff, 0xff, 0])
+        .await
+        .unwrap();
+    let mut rest = BytesMut::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_buf(&mut raw, &mut rest),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&rest).contains("exceeds the maximum"));
+    // A good engine is still served.
+    let mut good = Framed::new(
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+        ProtocolCodec::default(),
+    );
+    good.send(Frame::Hello(hello("secret"))).await.unwrap();
+    assert_eq!(next(&mut good).await, Frame::Ok { initial_credits: 2 });
+    good.send(Frame::Notify {
+        stream_id: 9,
+        stream_name: "s".into(),
+        point_of_ref: 0,
+    })
+    .await
+    .unwrap();
+    good.send(message(9, 1, "fine")).await.unwrap();
+    let mut found = false;
+    while let Ok(Some(batch)) =
+        tokio::time::timeout(Duration::from_secs(5), sink.read_batch(10)).await
+    {
+        if batch
+            .iter()
+            .any(|m| m.stream_id == 9 && m.payload == Bytes::from("fine"))
+        {
+            found = true;
+            break;
+        }
+    }
+    assert!(found);
+}
