@@ -65,6 +65,7 @@ fn main() -> ExitCode {
             let mut next = Some(n);
             while let Some(n) = next {
                 ctx.metrics.messages_in.inc();
+                ctx.metrics.bytes_in.add(n as u64);
                 if n == 0 {
                     empty.inc();
                     tracing::warn!("empty datagram dropped ({} so far)", empty.get());
