@@ -1,0 +1,229 @@
+//! End-to-end acknowledgement tracking for source streams.
+//!
+//! Every source stream (global across connections, so a reconnecting connector finds its
+//! stream again) keeps its last processed id (for de-duplication), its last fully done id
+//! (the NOTIFY_ACK answer) and a queue of *marks*: one per batch, saying "messages up to
+//! `id` are done once every sink has acknowledged up to `wm[sink]` and the checkpoint
+//! `epoch` is durable". Acks are therefore tracked per batch, not per message.
+
+use std::collections::VecDeque;
+
+use framing::NOTHING_PROCESSED;
+use rustc_hash::FxHashMap;
+
+use crate::sink::SinkOut;
+
+/// Identifies one source connection for the life of the engine.
+pub(crate) type ConnId = u64;
+
+/// One batch of progress on a stream.
+#[derive(Debug)]
+struct Mark {
+    id: u64,
+    count: u64,
+    epoch: u64,
+    wm: Box<[u64]>,
+}
+
+/// What the engine knows about one source stream.
+#[derive(Debug)]
+pub(crate) struct StreamRec {
+    name: String,
+    owner: Option<ConnId>,
+    /// Highest id processed (messages at or below are dropped as replays).
+    pub last_processed: Option<u64>,
+    /// Highest id done end to end (and checkpointed when resilient).
+    pub done: Option<u64>,
+    marks: VecDeque<Mark>,
+    /// Highest id received on the owning connection (ACKs never go past it).
+    conn_max_received: Option<u64>,
+    /// Last point sent to the owning connection (ACKs never go backwards).
+    conn_last_acked: Option<u64>,
+    eos: bool,
+}
+
+/// Result of a NOTIFY.
+pub(crate) struct NotifyResult {
+    pub success: bool,
+    pub point: u64,
+}
+
+/// Why a MESSAGE or EOS was refused.
+pub(crate) enum AcceptError {
+    NotNotified(u64),
+}
+
+impl std::fmt::Display for AcceptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcceptError::NotNotified(id) => write!(
+                f,
+                "MESSAGE or EOS on stream {id} without a successful NOTIFY on this connection"
+            ),
+        }
+    }
+}
+
+/// All source streams and their pending marks.
+#[derive(Default)]
+pub(crate) struct AckTracker {
+    streams: FxHashMap<u64, StreamRec>,
+    /// Source messages processed but not yet acknowledged.
+    pub in_flight: u64,
+    /// Source messages acknowledged so far (for metrics).
+    pub acked_total: u64,
+}
+
+impl AckTracker {
+    /// Restores a stream's durable point from a snapshot.
+    pub fn restore(&mut self, stream_id: u64, name: String, point: u64) {
+        self.streams.insert(
+            stream_id,
+            StreamRec {
+                name,
+                owner: None,
+                last_processed: Some(point),
+                done: Some(point),
+                marks: VecDeque::new(),
+                conn_max_received: None,
+                conn_last_acked: None,
+                eos: false,
+            },
+        );
+    }
+
+    /// `(stream_id, name, last processed id)` of every stream that processed something: what
+    /// a checkpoint records.
+    pub fn processed_points(&self) -> Vec<(u64, String, u64)> {
+        self.streams
+            .iter()
+            .filter_map(|(id, s)| s.last_processed.map(|p| (*id, s.name.clone(), p)))
+            .collect()
+    }
+
+    /// Handles NOTIFY from connection `conn`.
+    pub fn notify(&mut self, conn: ConnId, stream_id: u64, name: &str) -> NotifyResult {
+        let rec = self.streams.entry(stream_id).or_insert_with(|| StreamRec {
+            name: name.to_string(),
+            owner: None,
+            last_processed: None,
+            done: None,
+            marks: VecDeque::new(),
+            conn_max_received: None,
+            conn_last_acked: None,
+            eos: false,
+        });
+        let point = rec.done.unwrap_or(NOTHING_PROCESSED);
+        if matches!(rec.owner, Some(o) if o != conn) {
+            return NotifyResult {
+                success: false,
+                point,
+            };
+        }
+        rec.owner = Some(conn);
+        rec.eos = false;
+        rec.conn_max_received = None;
+        rec.conn_last_acked = rec.done;
+        NotifyResult {
+            success: true,
+            point,
+        }
+    }
+
+    /// Handles a MESSAGE id: `Ok(true)` when fresh, `Ok(false)` for a replay to drop.
+    #[inline]
+    pub fn accept(&mut self, conn: ConnId, stream_id: u64, id: u64) -> Result<bool, AcceptError> {
+        let rec = match self.streams.get_mut(&stream_id) {
+            Some(r) if r.owner == Some(conn) && !r.eos => r,
+            _ => return Err(AcceptError::NotNotified(stream_id)),
+        };
+        if !matches!(rec.conn_max_received, Some(m) if id <= m) {
+            rec.conn_max_received = Some(id);
+        }
+        match rec.last_processed {
+            Some(last) if id <= last => Ok(false),
+            _ => {
+                rec.last_processed = Some(id);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Handles EOS: the stream is freed once its last message is acknowledged.
+    pub fn eos(&mut self, conn: ConnId, stream_id: u64) -> Result<(), AcceptError> {
+        match self.streams.get_mut(&stream_id) {
+            Some(r) if r.owner == Some(conn) && !r.eos => {
+                r.eos = true;
+                Ok(())
+            }
+            _ => Err(AcceptError::NotNotified(stream_id)),
+        }
+    }
+
+    /// Records a batch of `count` fresh messages ending at `id`.
+    pub fn push_mark(&mut self, stream_id: u64, id: u64, count: u64, epoch: u64, wm: Box<[u64]>) {
+        if let Some(rec) = self.streams.get_mut(&stream_id) {
+            rec.marks.push_back(Mark {
+                id,
+                count,
+                epoch,
+                wm,
+            });
+            self.in_flight += count;
+        }
+    }
+
+    /// Whether `conn` owns a stream that ended with EOS and still waits for its final ACK.
+    pub fn eos_pending(&self, conn: ConnId) -> bool {
+        self.streams
+            .values()
+            .any(|r| r.owner == Some(conn) && r.eos)
+    }
+
+    /// Releases every stream owned by a closed connection (marks stay: a reconnecting
+    /// connector is acknowledged once they resolve).
+    pub fn release(&mut self, conn: ConnId) {
+        for rec in self.streams.values_mut() {
+            if rec.owner == Some(conn) {
+                rec.owner = None;
+                rec.eos = false;
+            }
+        }
+    }
+
+    /// Pops every resolved mark and appends `(conn, stream_id, point)` for each ACK pair
+    /// to send. `durable_epoch` is `None` when the engine runs without checkpoints.
+    pub fn resolve(
+        &mut self,
+        sinks: &[SinkOut],
+        durable_epoch: Option<u64>,
+        out: &mut Vec<(ConnId, u64, u64)>,
+    ) {
+        for (sid, rec) in self.streams.iter_mut() {
+            while let Some(m) = rec.marks.front() {
+                let durable = !matches!(durable_epoch, Some(d) if m.epoch > d);
+                let delivered = m.wm.iter().zip(sinks).all(|(w, s)| s.acked >= *w);
+                if !(durable && delivered) {
+                    break;
+                }
+                rec.done = Some(m.id);
+                self.in_flight -= m.count;
+                self.acked_total += m.count;
+                rec.marks.pop_front();
+            }
+            let Some(conn) = rec.owner else { continue };
+            // Never past what this connection sent, never backwards, never u64::MAX.
+            if let (Some(done), Some(max)) = (rec.done, rec.conn_max_received) {
+                let point = done.min(max);
+                if !matches!(rec.conn_last_acked, Some(l) if point <= l) {
+                    rec.conn_last_acked = Some(point);
+                    out.push((conn, *sid, point));
+                }
+            }
+            if rec.eos && rec.marks.is_empty() && rec.conn_last_acked >= rec.conn_max_received {
+                rec.owner = None;
+                rec.eos = false;
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The engine's counters and gauges, registered in the application's telemetry registry.
+
+use telemetry::{Counter, Gauge, Registry};
+
+/// Every error kind the engine counts (`engine_errors_total{kind}`).
+const ERROR_KINDS: &[&str] = &[
+    "decode",
+    "oversize_frame",
+    "truncated_frame",
+    "unknown_tag",
+    "bad_field",
+    "ended_mid_frame",
+    "io",
+    "no_hello",
+    "bad_hello",
+    "not_notified",
+    "credits_overspent",
+    "unexpected_frame",
+    "peer_error",
+    "output_too_large",
+    "sink_handshake",
+    "sink_disconnected",
+];
+
+/// Every metric the engine updates. Counters are bumped once per batch, not per message.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    pub registry: Registry,
+    pub messages_in: Counter,
+    pub bytes_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_out: Counter,
+    pub acked: Counter,
+    pub duplicates: Counter,
+    pub in_flight: Gauge,
+    pub reconnects: Counter,
+    pub connections: Counter,
+    pub credits_granted: Counter,
+    pub sink_credits: Gauge,
+    pub checkpoints: Counter,
+    pub checkpoint_ms: Gauge,
+    pub checkpoint_failures: Counter,
+    pub checkpoint_max_ms: Gauge,
+    pub checkpoint_snapshot_ms: Gauge,
+    pub checkpoint_bytes: Gauge,
+    pub lag: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: Registry) -> Self {
+        let r = &registry;
+        // Register every series of a family together: the Prometheus text lists a
+        // family's samples under one HELP/TYPE header.
+        for kind in ERROR_KINDS {
+            r.counter("engine_errors_total", "Errors by kind.", &[("kind", kind)]);
+        }
+        let messages_in = r.counter("engine_messages_total", "Messages.", &[("direction", "in")]);
+        let messages_out = r.counter(
+            "engine_messages_total",
+            "Messages.",
+            &[("direction", "out")],
+        );
+        let bytes_in = r.counter(
+            "engine_bytes_total",
+            "Payload bytes.",
+            &[("direction", "in")],
+        );
+        let bytes_out = r.counter(
+            "engine_bytes_total",
+            "Payload bytes.",
+            &[("direction", "out")],
+        );
+        Metrics {
+            messages_in,
+            bytes_in,
+            messages_out,
+            bytes_out,
+            acked: r.counter(
+                "engine_acked_total",
+                "Source messages acknowledged end to end.",
+                &[],
+            ),
+            duplicates: r.counter(
+                "engine_duplicates_total",
+                "Replayed source messages dropped by de-duplication.",
+                &[],
+            ),
+            in_flight: r.gauge(
+                "engine_in_flight",
+                "Source messages processed but not yet acknowledged.",
+                &[],
+            ),
+            reconnects: r.counter("engine_sink_reconnects_total", "Sink reconnections.", &[]),
+            connections: r.counter(
+                "engine_source_connections_total",
+                "Source connections accepted.",
+                &[],
+            ),
+            credits_granted: r.counter(
+                "engine_credits_granted_total",
+                "Credits granted to source connectors.",
+                &[],
+            ),
+            sink_credits: r.gauge(
+                "engine_sink_credits",
+                "Credits the sinks currently grant the engine (sum).",
+                &[],
+            ),
+            checkpoints: r.counter("engine_checkpoints_total", "Checkpoints written.", &[]),
+            checkpoint_ms: r.gauge(
+                "engine_checkpoint_duration_ms",
+                "Duration of the last checkpoint (snapshot + write + fsync).",
+                &[],
+            ),
+            checkpoint_failures: r.counter(
+                "engine_checkpoint_failures_total",
+                "Checkpoints that could not be written.",
+                &[],
+            ),
+            checkpoint_max_ms: r.gauge(
+                "engine_checkpoint_max_duration_ms",
+                "Longest checkpoint so far.",
+                &[],
+            ),
+            checkpoint_snapshot_ms: r.gauge(
+                "engine_checkpoint_snapshot_ms",
+                "Time the last checkpoint held the data path (serializing the state).",
+                &[],
+            ),
+            checkpoint_bytes: r.gauge(
+                "engine_checkpoint_bytes",
+                "Size of the last snapshot file.",
+                &[],
+            ),
+            lag: r.gauge("engine_lag", "Unused (always -1).", &[]),
+            registry,
+        }
+    }
+
+    /// Counts one error of `kind` (protocol errors, decode errors, sink errors...).
+    pub fn error(&self, kind: &str) {
+        self.registry
+            .counter("engine_errors_total", "Errors by kind.", &[("kind", kind)])
+            .inc();
+    }
+}

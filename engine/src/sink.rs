@@ -1,0 +1,238 @@
+//! Sink side: the client task that connects out to a sink connector (with back-off),
+//! handshakes, resends what the sink has not acknowledged, writes batches within the sink's
+//! credits and reads its ACKs.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use framing::{Frame, Hello, ProtocolCodec, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::Decoder;
+use tracing::{info, warn};
+
+use crate::core::Core;
+use crate::net::{self, Reader, Writer};
+pub(crate) use crate::sink_buffer::SinkOut;
+
+/// Reads one protocol frame (used during the handshake).
+async fn read_frame(
+    rd: &mut Reader,
+    buf: &mut BytesMut,
+    codec: &mut ProtocolCodec,
+) -> Result<Frame, String> {
+    loop {
+        match codec.decode(buf) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) => return Err("connection closed by the sink".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+async fn handshake(
+    core: &Rc<RefCell<Core>>,
+    idx: usize,
+    rd: &mut Reader,
+    wr: &mut Writer,
+    buf: &mut BytesMut,
+    codec: &mut ProtocolCodec,
+) -> Result<(), String> {
+    let (hello, notify) = {
+        let c = core.borrow();
+        let s = &c.sinks[idx];
+        (
+            Frame::Hello(Hello {
+                version: PROTOCOL_VERSION.to_string(),
+                cookie: c.cookie.clone(),
+                program_name: c.app_name.clone(),
+                instance_name: c.worker_name.clone(),
+            }),
+            Frame::Notify {
+                stream_id: s.stream_id,
+                stream_name: s.stream_name.clone(),
+                point_of_ref: s.acked,
+            },
+        )
+    };
+    let mut out = BytesMut::new();
+    hello.encode(&mut out).map_err(|e| e.to_string())?;
+    wr.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut credits = match read_frame(rd, buf, codec).await? {
+        Frame::Ok { initial_credits } => initial_credits,
+        Frame::Error { message } => return Err(format!("sink refused HELLO: {message}")),
+        f => return Err(format!("expected OK after HELLO, got {:?}", f.tag())),
+    };
+    out.clear();
+    notify.encode(&mut out).map_err(|e| e.to_string())?;
+    wr.write_all(&out).await.map_err(|e| e.to_string())?;
+    loop {
+        match read_frame(rd, buf, codec).await? {
+            Frame::NotifyAck {
+                success,
+                stream_id,
+                point_of_ref,
+            } => {
+                let mut c = core.borrow_mut();
+                let s = &mut c.sinks[idx];
+                if stream_id != s.stream_id {
+                    return Err(format!("NOTIFY_ACK for unknown stream {stream_id}"));
+                }
+                if !success {
+                    return Err("sink refused the output stream (NOTIFY_ACK success=0)".into());
+                }
+                s.credits = u64::from(credits);
+                s.on_ack(point_of_ref);
+                s.sent = s.acked;
+                break;
+            }
+            // A sink may grant more credits before answering NOTIFY.
+            Frame::Ack { credits: more, .. } => credits = credits.saturating_add(more),
+            Frame::Error { message } => return Err(format!("sink error: {message}")),
+            f => return Err(format!("expected NOTIFY_ACK, got {:?}", f.tag())),
+        }
+    }
+    let mut c = core.borrow_mut();
+    c.metrics.sink_credits.set(credits as i64);
+    c.flush_acks();
+    Ok(())
+}
+
+async fn read_loop(
+    core: &Rc<RefCell<Core>>,
+    idx: usize,
+    rd: &mut Reader,
+    buf: &mut BytesMut,
+    codec: &mut ProtocolCodec,
+) -> String {
+    loop {
+        loop {
+            let frame = match codec.decode(buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return format!("bad frame from sink: {e}"),
+            };
+            match frame {
+                Frame::Ack { credits, acks } => {
+                    let mut c = core.borrow_mut();
+                    let s = &mut c.sinks[idx];
+                    s.credits += u64::from(credits);
+                    let sid = s.stream_id;
+                    for (stream, point) in acks {
+                        if stream == sid {
+                            s.on_ack(point);
+                        }
+                    }
+                    let credits_now = s.credits;
+                    s.wake.notify_one();
+                    c.metrics.sink_credits.set(credits_now as i64);
+                    c.flush_acks();
+                }
+                Frame::Error { message } => return format!("sink sent ERROR: {message}"),
+                Frame::Restart { .. } => return "sink asked for a RESTART".into(),
+                f => return format!("unexpected {:?} frame from sink", f.tag()),
+            }
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) => return "connection closed by the sink".into(),
+            Ok(_) => {}
+            Err(e) => return format!("read error: {e}"),
+        }
+    }
+}
+
+async fn write_loop(core: &Rc<RefCell<Core>>, idx: usize, wr: &mut Writer) -> String {
+    let wake = core.borrow().sinks[idx].wake.clone();
+    let mut slices = Vec::new();
+    loop {
+        {
+            let mut c = core.borrow_mut();
+            c.sinks[idx].take_sendable(&mut slices);
+        }
+        if slices.is_empty() {
+            wake.notified().await;
+            continue;
+        }
+        for s in slices.drain(..) {
+            if let Err(e) = wr.write_all(&s).await {
+                return format!("write error: {e}");
+            }
+        }
+    }
+}
+
+/// Runs forever: keeps sink `idx` connected and fed.
+pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
+    let (name, endpoint, max_frame) = {
+        let c = core.borrow();
+        (
+            c.sinks[idx].name.clone(),
+            c.sinks[idx].endpoint.clone(),
+            c.max_frame,
+        )
+    };
+    let mut backoff = Duration::from_millis(20);
+    let mut failures = 0u64;
+    let mut next_report = 0u64;
+    loop {
+        let (mut rd, mut wr) = match net::connect(&endpoint).await {
+            Ok(x) => x,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures == next_report {
+                    next_report = failures + 50;
+                    warn!("sink `{name}` at {endpoint} unreachable ({e}); retrying with back-off");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let mut codec = ProtocolCodec::new(max_frame);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let hs = tokio::time::timeout(
+            Duration::from_secs(10),
+            handshake(&core, idx, &mut rd, &mut wr, &mut buf, &mut codec),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no answer to HELLO/NOTIFY within 10 s".into()));
+        if let Err(e) = hs {
+            failures += 1;
+            core.borrow().metrics.error("sink_handshake");
+            warn!("sink `{name}` at {endpoint}: {e}; retrying with back-off");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        }
+        if failures > 0 {
+            info!("sink `{name}` connected at {endpoint}");
+        }
+        failures = 0;
+        backoff = Duration::from_millis(20);
+        core.borrow().sinks[idx].wake.notify_one();
+        tracing::debug!(
+            "sink `{name}` connected; resending from {}",
+            core.borrow().sinks[idx].acked
+        );
+        let reason = tokio::select! {
+            r = read_loop(&core, idx, &mut rd, &mut buf, &mut codec) => r,
+            w = write_loop(&core, idx, &mut wr) => w,
+        };
+        {
+            let mut c = core.borrow_mut();
+            let s = &mut c.sinks[idx];
+            s.sent = s.acked;
+            s.credits = 0;
+            c.metrics.reconnects.inc();
+            c.metrics.error("sink_disconnected");
+        }
+        warn!("sink `{name}` at {endpoint}: {reason}; reconnecting");
+        tokio::time::sleep(backoff).await;
+    }
+}

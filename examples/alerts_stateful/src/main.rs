@@ -1,0 +1,221 @@
+//! `alerts_stateful`: the seed's stateful Alerts application.
+//!
+//! - `alerts_stateful run --application-module app.toml [--resilience-dir DIR]`: the engine
+//!   with the alerts pipeline (all the engine's options apply).
+//! - `alerts_stateful generate --application-module app.toml --users N --count M`: a
+//!   generator source connector (like the seed's GenSource).
+//! - `alerts_stateful print-sink --application-module app.toml`: a sink connector printing
+//!   the alerts.
+//! - `alerts_stateful bench --users N --count M`: throughput with checkpoints, in process.
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use alerts_stateful::{build_app, feed, generated_transaction, print_sink, SINK, SOURCE};
+use application::{Application, Endpoint};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "alerts_stateful",
+    version,
+    about = "Per-user running totals with alerts past +/-2000"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the engine with the alerts pipeline.
+    Run {
+        #[command(flatten)]
+        args: engine::EngineArgs,
+    },
+    /// Generate transactions into the engine (a source connector).
+    Generate {
+        /// The application description.
+        #[arg(long = "application-module")]
+        application_module: std::path::PathBuf,
+        /// Number of distinct users.
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+        /// Number of transactions.
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Seed of the generator (same seed, same transactions).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Print the alerts that arrive (a sink connector).
+    PrintSink {
+        /// The application description.
+        #[arg(long = "application-module")]
+        application_module: std::path::PathBuf,
+    },
+    /// Measure transactions/s with checkpoints, and the checkpoint time.
+    Bench {
+        /// Number of distinct users (= keys).
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+        /// Number of transactions.
+        #[arg(long, default_value_t = 5_000_000)]
+        count: u64,
+        /// Time between checkpoints.
+        #[arg(long, default_value = "1s", value_parser = engine::options::parse_duration)]
+        checkpoint_interval: Duration,
+    },
+}
+
+fn endpoint(config: &Application, name: &str) -> Result<Endpoint, String> {
+    let (_, c) = config.connector(name).map_err(|e| e.to_string())?;
+    c.endpoint()
+        .ok_or_else(|| format!("connector `{name}` has no address"))
+}
+
+fn main() -> ExitCode {
+    telemetry::init_logging();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alerts_stateful: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Run { args } => {
+            let config = args.load().map_err(|e| e.to_string())?;
+            if args.check {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                return if rt.block_on(engine::check(&config)) {
+                    Ok(())
+                } else {
+                    Err("checks failed".into())
+                };
+            }
+            let mut app = engine::App::new();
+            build_app(&mut app);
+            engine::run(app, config, args.options()).map_err(|e| e.to_string())
+        }
+        Cmd::Generate {
+            application_module,
+            users,
+            count,
+            seed,
+        } => {
+            let config = Application::load(&application_module).map_err(|e| e.to_string())?;
+            let ep = endpoint(&config, SOURCE)?;
+            let progress = feed::Progress::default();
+            let t0 = Instant::now();
+            feed::feed(
+                &ep,
+                &config.cookie,
+                &format!("generator-{seed}"),
+                count,
+                &|i| generated_transaction(seed, users, i),
+                &progress,
+                Duration::from_secs(30),
+            )?;
+            eprintln!(
+                "generate: {count} transactions for {users} users acknowledged in {:.2} s",
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Cmd::PrintSink { application_module } => {
+            let config = Application::load(&application_module).map_err(|e| e.to_string())?;
+            print_sink::run(&endpoint(&config, SINK)?, false)
+        }
+        Cmd::Bench {
+            users,
+            count,
+            checkpoint_interval,
+        } => bench(users, count, checkpoint_interval),
+    }
+}
+
+fn bench(users: u64, count: u64, interval: Duration) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("alerts-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let app_file = dir.join("app.toml");
+    std::fs::write(
+        &app_file,
+        format!(
+            "name = \"alerts bench\"\n[source_connectors.{SOURCE}]\npath = \"{}\"\nmax_credits = 65536\n[sink_connectors.{SINK}]\npath = \"{}\"\n",
+            dir.join("in.sock").display(),
+            dir.join("out.sock").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let config = Application::load(&app_file).map_err(|e| e.to_string())?;
+    let sink_ep = endpoint(&config, SINK)?;
+    std::thread::spawn(move || print_sink::run(&sink_ep, true));
+    let registry = telemetry::Registry::default();
+    let reg = registry.clone();
+    let resilience = dir.join("resilience");
+    let engine = engine::spawn(
+        move || {
+            let mut app = engine::App::with_registry(reg);
+            build_app(&mut app);
+            app
+        },
+        config.clone(),
+        engine::RunOptions {
+            resilience_dir: Some(resilience),
+            checkpoint_interval: interval,
+            stats_interval: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let ep = engine
+        .source_endpoint(SOURCE)
+        .cloned()
+        .ok_or("no source endpoint")?;
+    let progress = feed::Progress::default();
+    let t0 = Instant::now();
+    feed::feed(
+        &ep,
+        "",
+        "bench",
+        count,
+        &|i| generated_transaction(7, users, i),
+        &progress,
+        Duration::from_secs(30),
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    let text = registry.render();
+    let metric = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    println!(
+        "alerts bench: {count} transactions, {users} users, checkpoint every {interval:?}: {:.2} s, {:.2} M transactions/s acknowledged end to end",
+        secs,
+        count as f64 / secs / 1e6
+    );
+    println!(
+        "checkpoints: {} written; last: {} ms total ({} ms holding the data path), {} bytes; longest {} ms; alerts out: {}",
+        metric("engine_checkpoints_total"),
+        metric("engine_checkpoint_duration_ms"),
+        metric("engine_checkpoint_snapshot_ms"),
+        metric("engine_checkpoint_bytes"),
+        metric("engine_checkpoint_max_duration_ms"),
+        metric("engine_messages_total{direction=\"out\"}"),
+    );
+    let _ = progress.sessions.load(Ordering::SeqCst);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
