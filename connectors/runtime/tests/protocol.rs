@@ -443,7 +443,7 @@ async fn sink_refuses_bad_peers_and_keeps_serving() {
     {
         if batch
             .iter()
-            .any(|m| m.stream_id == 9 && m.payload == Bytes::from("fine"))
+            .any(|m| m.stream_id == 9 && m.payload == "fine")
         {
             found = true;
             break;
