@@ -87,7 +87,8 @@ async fn handshake(
                 if !success {
                     return Err("sink refused the output stream (NOTIFY_ACK success=0)".into());
                 }
-                s.credits = u64::from(credits);
+                // NOTIFY cost one credit (the spec charges every NOTIFY and MESSAGE).
+                s.credits = u64::from(credits).saturating_sub(1);
                 s.on_ack(point_of_ref);
                 s.sent = s.acked;
                 break;

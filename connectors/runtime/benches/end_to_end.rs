@@ -112,7 +112,10 @@ fn run(label: &str, unix: bool, messages: u64, payload: usize) {
         )
         .await
         .expect("source connects");
-        let s = source.notify(&format!("bench-{unix}"), None).await.expect("notify");
+        let s = source
+            .notify(&format!("bench-{unix}"), None)
+            .await
+            .expect("notify");
         for id in 1..=messages {
             source.write(s.id, id, b"", &body).await.expect("write");
         }

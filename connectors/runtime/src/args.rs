@@ -357,7 +357,7 @@ pub fn parse(spec: &ConnectorSpec, argv: Vec<String>) -> Result<Option<(CommonOp
     let mut values: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     for p in spec.params {
         let cli: Vec<String> = matches
-            .get_many::<String>(p.name)
+            .get_many::<String>(&param_arg_id(p.name))
             .map(|v| v.cloned().collect())
             .unwrap_or_default();
         let from_file = config.as_ref().and_then(|c| c.param(p.name));
@@ -431,6 +431,12 @@ fn find_value(argv: &[String], flag: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The clap id of a connector parameter, distinct from the common options' ids so a
+/// parameter may be called `format`, `check`, `to`, ... (`--NAME-format` vs `--format`).
+fn param_arg_id(name: &str) -> String {
+    format!("param:{name}")
 }
 
 /// Keeps common options and this connector's `--NAME-*` parameters; drops other
@@ -569,7 +575,7 @@ fn command(spec: &ConnectorSpec, connector: &str) -> Command {
         let env = format!("{}_{}", connector, p.name).to_ascii_uppercase();
         help.push_str(&format!(" [env: {env}]"));
         cmd = cmd.arg(
-            Arg::new(p.name)
+            Arg::new(param_arg_id(p.name))
                 .long(format!("{connector}-{}", p.name))
                 .value_name("VALUE")
                 .action(ArgAction::Append)
@@ -681,6 +687,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unknown connector `nope`"), "{e}");
+    }
+
+    #[test]
+    fn a_param_may_share_a_name_with_a_common_option() {
+        const S: ConnectorSpec = ConnectorSpec {
+            program: "t_sink",
+            about: "test",
+            direction: Direction::Sink,
+            params: &[Param::with_default("format", "object format", "lines")],
+        };
+        let (common, params) = parse(
+            &S,
+            argv("--connector out --from stdin --format frames --out-format raw"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(common.format, Format::Frames);
+        assert_eq!(params.get("format"), Some("raw"));
     }
 
     #[test]

@@ -122,13 +122,11 @@ impl ConnectorMetrics {
             .inc();
     }
 
-    /// What the stats line reports: the upstream side for sources, the write side for sinks.
+    /// What the stats line reports: what left the connector, i.e. messages sent to the engine
+    /// (sources) or written to the external system (sinks). `source` is kept for callers.
     pub fn stats_source(&self, label: String, source: bool) -> StatsSource {
-        let (messages, bytes) = if source {
-            (self.messages_out.clone(), self.bytes_out.clone())
-        } else {
-            (self.messages_out.clone(), self.bytes_out.clone())
-        };
+        let _ = source;
+        let (messages, bytes) = (self.messages_out.clone(), self.bytes_out.clone());
         StatsSource {
             label,
             messages,

@@ -149,6 +149,7 @@ impl Source {
             metrics: metrics.clone(),
             shutdown,
             acks: acks.clone(),
+            sent_log: SentLog::new(metrics.clone()),
             conn: None,
             buf: BytesMut::new(),
             pending: Vec::new(),
@@ -292,6 +293,19 @@ impl Source {
             Inner::Stdout(s) => s.records as usize,
         }
     }
+
+    /// Checks the engine connection without waiting: when it failed (closed, RESTART), this
+    /// reconnects and resends what the engine has not acknowledged, as [`Source::write`] and
+    /// [`Source::flush`] do; otherwise it flushes. A source whose upstream stops delivering
+    /// until earlier messages are acknowledged (RabbitMQ's prefetch, a bounded lease) calls
+    /// this on a timer while idle: without it a lost engine connection is only noticed at
+    /// the next write, which then never comes.
+    pub async fn keep_alive(&mut self) -> Result<()> {
+        match &mut self.inner {
+            Inner::Engine(l) => l.keep_alive().await,
+            Inner::Stdout(s) => s.flush(&self.acks, &self.metrics).await,
+        }
+    }
 }
 
 /// Standard-output mode.
@@ -347,6 +361,62 @@ impl StdoutLink {
         self.records = 0;
         metrics.in_flight.set(0);
         Ok(())
+    }
+}
+
+/// Ids sent to the engine and not yet acknowledged, per stream. The reader task counts
+/// acknowledgements against it as they arrive, so `connector_acked_total` and
+/// `connector_in_flight` are current even while the connector waits for upstream data.
+struct SentLog {
+    ids: Mutex<HashMap<u64, VecDeque<u64>>>,
+    metrics: ConnectorMetrics,
+}
+
+impl SentLog {
+    fn new(metrics: ConnectorMetrics) -> Arc<SentLog> {
+        Arc::new(SentLog {
+            ids: Mutex::default(),
+            metrics,
+        })
+    }
+
+    /// Records sent ids (`in_flight` grows by their number).
+    fn sent(&self, ids: impl Iterator<Item = (u64, u64)>) {
+        let mut l = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0i64;
+        for (sid, mid) in ids {
+            l.entry(sid).or_default().push_back(mid);
+            n += 1;
+        }
+        drop(l);
+        self.metrics.in_flight.add(n);
+    }
+
+    /// Counts the ids up to each stream's point as acknowledged.
+    fn ack(&self, acks: &[(u64, u64)]) {
+        let mut l = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0u64;
+        for (sid, point) in acks {
+            if let Some(q) = l.get_mut(sid) {
+                while q.front().is_some_and(|id| id <= point) {
+                    q.pop_front();
+                    n += 1;
+                }
+            }
+        }
+        drop(l);
+        if n > 0 {
+            self.metrics.acked.add(n);
+            self.metrics.in_flight.add(-(n as i64));
+        }
+    }
+
+    /// Forgets a stream ended with EOS: its unacknowledged ids are no longer in flight.
+    fn forget(&self, stream_id: u64) {
+        let mut l = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = l.remove(&stream_id) {
+            self.metrics.in_flight.add(-(q.len() as i64));
+        }
     }
 }
 
@@ -407,6 +477,7 @@ struct EngineLink {
     metrics: ConnectorMetrics,
     shutdown: CancellationToken,
     acks: Arc<AckBoard>,
+    sent_log: Arc<SentLog>,
     conn: Option<Conn>,
     /// Encoded frames not yet written.
     buf: BytesMut,
@@ -518,6 +589,7 @@ impl EngineLink {
             wake.clone(),
             acked.clone(),
             self.acks.clone(),
+            self.sent_log.clone(),
         ));
         self.credits = u64::from(initial);
         self.metrics.credits.set(self.credits as i64);
@@ -546,6 +618,8 @@ impl EngineLink {
                 continue;
             };
             if let Some(p) = point {
+                // Processed by the engine before the connection dropped: acknowledged.
+                self.sent_log.ack(&[(id, p)]);
                 while s.unacked.front().is_some_and(|(mid, _)| *mid <= p) {
                     s.unacked.pop_front();
                 }
@@ -573,11 +647,19 @@ impl EngineLink {
             return;
         }
         let chunk = self.buf.split().freeze();
+        self.log_pending();
         for (sid, mid, a, b) in self.pending.drain(..) {
             if let Some(s) = self.streams.get_mut(&sid) {
                 s.unacked.push_back((mid, chunk.slice(a..b)));
             }
         }
+    }
+
+    /// Records the MESSAGE frames in `buf` as sent (for the acked/in-flight metrics), before
+    /// they are written: an acknowledgement can only follow the write.
+    fn log_pending(&self) {
+        let ids = self.pending.iter().map(|(sid, mid, _, _)| (*sid, *mid));
+        self.sent_log.sent(ids);
     }
 
     /// Writes `buf` to the connection as is.
@@ -629,8 +711,20 @@ impl EngineLink {
     /// Writes `buf`, moving its MESSAGE frames into the replay buffers, and prunes what the
     /// engine acknowledged.
     async fn flush_conn(&mut self) -> Result<(), LinkError> {
+        // A connection that died while the connector was idle (the reader task saw it close,
+        // or the engine sent RESTART) is noticed here, before writing into it: the caller
+        // reconnects and replays. Writing into a dead TCP connection often "succeeds", which
+        // would leave these messages waiting until the next write.
+        if let Some(conn) = self.conn.as_mut() {
+            match conn.control.try_recv() {
+                Ok(c) => handle_control(Some(c))?,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mpsc::error::TryRecvError::Disconnected) => handle_control(None)?,
+            }
+        }
         if !self.buf.is_empty() {
             let chunk = self.buf.split().freeze();
+            self.log_pending();
             for (sid, mid, a, b) in self.pending.drain(..) {
                 if let Some(s) = self.streams.get_mut(&sid) {
                     s.unacked.push_back((mid, chunk.slice(a..b)));
@@ -653,20 +747,15 @@ impl EngineLink {
             let mut m = conn.acked.lock().unwrap_or_else(|p| p.into_inner());
             m.drain().collect()
         };
-        let mut done = 0u64;
+        // The acked/in-flight metrics were counted by the reader task when the ACK arrived.
         for (sid, p) in acked {
             if let Some(s) = self.streams.get_mut(&sid) {
                 while s.unacked.front().is_some_and(|(mid, _)| *mid <= p) {
                     s.unacked.pop_front();
-                    done += 1;
                 }
                 s.acked = Some(s.acked.map_or(p, |a| a.max(p)));
             }
         }
-        if done > 0 {
-            self.metrics.acked.add(done);
-        }
-        self.metrics.in_flight.set(self.unacked() as i64);
     }
 
     async fn notify_raw(
@@ -805,10 +894,37 @@ impl EngineLink {
         Frame::Eos { stream_id }.encode(&mut self.buf)?;
         self.flush().await?;
         self.streams.remove(&stream_id);
+        self.sent_log.forget(stream_id);
         if self.last_stream == Some(stream_id) {
             self.last_stream = None;
         }
         Ok(())
+    }
+
+    async fn keep_alive(&mut self) -> Result<()> {
+        let lost = match self.conn.as_mut() {
+            None => Some("not connected".to_string()),
+            Some(conn) => loop {
+                match conn.control.try_recv() {
+                    Ok(c) => match handle_control(Some(c)) {
+                        Ok(()) => {}
+                        Err(LinkError::Fatal(e)) => return Err(e),
+                        Err(LinkError::Lost(why)) => break Some(why),
+                    },
+                    Err(mpsc::error::TryRecvError::Empty) => break None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        break Some("engine connection closed".to_string())
+                    }
+                }
+            },
+        };
+        match lost {
+            None => self.flush().await,
+            Some(why) => {
+                tracing::warn!("lost the engine connection: {why}; reconnecting");
+                self.reconnect().await
+            }
+        }
     }
 
     async fn drain(&mut self, timeout: Duration) -> Result<usize> {
@@ -871,6 +987,7 @@ async fn read_loop(
     wake: Arc<Notify>,
     acked: Arc<Mutex<HashMap<u64, u64>>>,
     board: Arc<AckBoard>,
+    sent_log: Arc<SentLog>,
 ) {
     let why = loop {
         match framed.next().await {
@@ -882,6 +999,7 @@ async fn read_loop(
                         *e = (*e).max(*p);
                     }
                     drop(m);
+                    sent_log.ack(&acks);
                     for (s, p) in acks {
                         board.post(s, p);
                     }

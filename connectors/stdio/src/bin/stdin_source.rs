@@ -40,6 +40,7 @@ fn main() -> ExitCode {
                 Some(Ok((key, payload))) => {
                     id += 1;
                     ctx.metrics.messages_in.inc();
+                    ctx.metrics.bytes_in.add(payload.len() as u64);
                     source.write(stream.id, id, &key, &payload).await?;
                 }
                 Some(Err(e)) => bail!("standard input: {e}"),
