@@ -1,0 +1,789 @@
+//! The reader behind `postgres_source`: rows above a position, in id order, in batches,
+//! never past a gap an open transaction may still fill.
+//!
+//! # Why gaps need care
+//!
+//! Ids from a sequence are handed out when a row is inserted, but the row becomes visible
+//! when its transaction commits. Transaction A takes id 9, transaction B takes id 10, B
+//! commits first: a reader sees 10 and not 9. Moving the position to 10 would lose 9 for
+//! ever. A gap can also be permanent (a rolled-back insert, a deleted row), so waiting for
+//! every gap to fill is not an answer either.
+//!
+//! # The rule used here
+//!
+//! An `INSERT` (or `COPY`) takes its `RowExclusiveLock` on the table while the statement is
+//! parsed, *before* the column default calls `nextval`, and keeps it until the transaction
+//! ends. So a transaction that holds an id below a visible row took that lock before the
+//! reader's snapshot and still holds it. When the reader sees a gap it stops before it and,
+//! on each following round, first lists the transactions holding a write lock on the table
+//! (`pg_locks`), then reads again:
+//!
+//! 1. the first round after the gap was seen records that list as the gap's *suspects*
+//!    (taken after the snapshot that showed the gap: any transaction that could fill it is
+//!    in it, or has already committed);
+//! 2. each later round keeps only the suspects still holding the lock;
+//! 3. once no suspect is left, the next read (a newer snapshot) shows every row they
+//!    committed; if the gap is still there it is permanent and the reader moves past it.
+//!
+//! Transactions that took the lock later cannot fill the gap (their ids are higher), so
+//! a steady stream of new writers never stalls the reader; one long-open writing
+//! transaction does, and that is correct (it may hold the missing id). The wait is logged
+//! with the backend pids after 10 s, and `max_gap_wait_ms` (off by default) bounds it for
+//! those who prefer liveness to completeness.
+//!
+//! Compared with the alternative of a transaction-id column filled by a trigger and
+//! compared with `pg_snapshot_xmin(pg_current_snapshot())`: no column has to be added to
+//! the user's table, only transactions that write *this* table are waited for (xmin waits
+//! for every writing transaction of the whole server), and the lock is taken before
+//! `nextval`, whereas a transaction id is assigned at the first row write, after it.
+//!
+//! Limits (see the README): the ids must come from the inserting statement itself (a column
+//! default, identity, or `nextval` inside the `INSERT`), not from a `SELECT nextval()`
+//! issued earlier in the transaction; and the sequence must not use `CACHE` > 1 (each
+//! session would hand out ids from its own block, so ids are not ordered by time at all).
+//! The reader warns at start when it finds such a sequence.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use connector_runtime::{Check, Context, Params};
+use tokio_postgres::{Config, Statement};
+
+use crate::pg::{self, classify, describe, quote_ident, quote_literal, ErrorClass, PgConn};
+use crate::table::TableInfo;
+
+/// What the source sends as the message payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// One column (bytea as raw bytes, anything else as its text form).
+    Column(String),
+    /// The whole row as a JSON object (`row_to_json`).
+    RowToJson,
+}
+
+/// The source's settings (from its parameters).
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The table, as in SQL.
+    pub table: String,
+    /// The increasing integer id column.
+    pub id_column: String,
+    /// The payload.
+    pub payload: Payload,
+    /// Column sent as the message key, if any.
+    pub key_column: Option<String>,
+    /// NOTIFY channel that wakes the reader.
+    pub channel: String,
+    /// Create the NOTIFY trigger on the table at start.
+    pub install_trigger: bool,
+    /// Read even without a notification this often.
+    pub poll: Duration,
+    /// Rows per read.
+    pub batch_size: i64,
+    /// Table holding the acknowledged position, if any.
+    pub position_table: Option<String>,
+    /// Give up waiting for a gap after this long (None = wait while a suspect is open).
+    pub max_gap_wait: Option<Duration>,
+}
+
+impl SourceConfig {
+    /// Reads the settings from the connector's parameters.
+    pub fn from_params(p: &Params) -> Result<SourceConfig> {
+        let batch_size: i64 = p.parse_or("batch_size", 1000)?;
+        if batch_size < 1 {
+            bail!("batch_size must be at least 1");
+        }
+        let payload = match p.get("payload").unwrap_or("row_to_json") {
+            "row_to_json" => Payload::RowToJson,
+            c => Payload::Column(c.to_string()),
+        };
+        let max_gap: u64 = p.parse_or("max_gap_wait_ms", 0)?;
+        Ok(SourceConfig {
+            table: p.required("table")?.to_string(),
+            id_column: p.get("id_column").unwrap_or("id").to_string(),
+            payload,
+            key_column: p
+                .get("key_column")
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+            channel: p.get("channel").unwrap_or("postgres_source").to_string(),
+            install_trigger: p.flag("install_trigger")?,
+            poll: Duration::from_millis(p.parse_or("poll_ms", 1000u64)?.max(1)),
+            batch_size,
+            position_table: p
+                .get("position_table")
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+            max_gap_wait: (max_gap > 0).then(|| Duration::from_millis(max_gap)),
+        })
+    }
+}
+
+/// One row read: id, key, payload.
+#[derive(Debug, Clone)]
+pub struct SourceRow {
+    /// The row id (the message id).
+    pub id: u64,
+    /// The key column's text (empty without a key column or for NULL).
+    pub key: Vec<u8>,
+    /// The payload bytes (empty for NULL).
+    pub payload: Vec<u8>,
+}
+
+/// A read: the rows that may be sent now.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Rows to send, ids increasing.
+    pub rows: Vec<SourceRow>,
+    /// The read was full: more rows are probably ready.
+    pub more: bool,
+    /// Stopped before a gap that may still fill: read again soon.
+    pub held: bool,
+}
+
+/// A transaction holding a write lock on the table: virtual transaction id -> backend pid.
+pub type Holders = HashMap<String, Option<i32>>;
+
+#[derive(Debug)]
+struct Pending {
+    after: u64,
+    suspects: Option<Holders>,
+    since: Instant,
+    warned: Option<Instant>,
+}
+
+/// Decides how far the reader may go past gaps in the ids (see the module doc).
+#[derive(Debug, Default)]
+pub struct GapGate {
+    pending: Option<Pending>,
+}
+
+impl GapGate {
+    /// Whether the next round must list the lock holders before reading.
+    pub fn needs_holders(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Given the position, the ids just read (increasing) and the lock holders listed
+    /// *before* that read (when [`GapGate::needs_holders`] said so), returns how many of
+    /// the ids may be sent.
+    pub fn admit(
+        &mut self,
+        pos: u64,
+        ids: &[u64],
+        holders: Option<&Holders>,
+        now: Instant,
+        max_wait: Option<Duration>,
+    ) -> usize {
+        let mut prev = pos;
+        for (n, &id) in ids.iter().enumerate() {
+            if id == prev.saturating_add(1) {
+                prev = id;
+                continue;
+            }
+            match &mut self.pending {
+                Some(p) if p.after == prev => {
+                    let resolved = match holders {
+                        Some(h) => {
+                            let left: Holders = match &p.suspects {
+                                None => h.clone(),
+                                Some(s) => s
+                                    .iter()
+                                    .filter(|(k, _)| h.contains_key(*k))
+                                    .map(|(k, v)| (k.clone(), *v))
+                                    .collect(),
+                            };
+                            let empty = left.is_empty();
+                            p.suspects = Some(left);
+                            empty
+                        }
+                        None => false,
+                    };
+                    let waited = now.saturating_duration_since(p.since);
+                    let timed_out = max_wait.is_some_and(|m| waited >= m);
+                    if resolved || timed_out {
+                        if resolved {
+                            tracing::debug!(
+                                "ids {}..{} never committed (rolled back or deleted): moving on",
+                                prev + 1,
+                                id - 1
+                            );
+                        } else {
+                            tracing::warn!(
+                                "gave up waiting for ids {}..{} after {waited:?} (max_gap_wait_ms); transactions still open: {}",
+                                prev + 1,
+                                id - 1,
+                                pids(p.suspects.as_ref())
+                            );
+                        }
+                        self.pending = None;
+                        prev = id;
+                        continue;
+                    }
+                    if waited >= Duration::from_secs(10)
+                        && p.warned.is_none_or(|w| {
+                            now.saturating_duration_since(w) >= Duration::from_secs(60)
+                        })
+                    {
+                        tracing::warn!(
+                            "waiting {waited:?} for ids {}..{}: transactions that may still commit them are open (backend pids {}); see pg_stat_activity",
+                            prev + 1,
+                            id - 1,
+                            pids(p.suspects.as_ref())
+                        );
+                        p.warned = Some(now);
+                    }
+                    return n;
+                }
+                _ => {
+                    self.pending = Some(Pending {
+                        after: prev,
+                        suspects: None,
+                        since: now,
+                        warned: None,
+                    });
+                    return n;
+                }
+            }
+        }
+        self.pending = None;
+        ids.len()
+    }
+}
+
+fn pids(h: Option<&Holders>) -> String {
+    match h {
+        None => "not listed yet".into(),
+        Some(h) => {
+            let mut v: Vec<String> = h
+                .iter()
+                .map(|(vx, pid)| match pid {
+                    Some(p) => p.to_string(),
+                    None => format!("prepared {vx}"),
+                })
+                .collect();
+            v.sort();
+            v.join(", ")
+        }
+    }
+}
+
+/// Reads the table; reconnects by itself.
+pub struct Reader {
+    config: Config,
+    cfg: SourceConfig,
+    ctx: Context,
+    pg: PgConn,
+    select: Statement,
+    holders: Statement,
+    save: Option<Statement>,
+    /// The table and its descendants (partitions, children): the lock holders to watch.
+    relations: Vec<u32>,
+    table_name: String,
+    gate: GapGate,
+    gap_delay: Duration,
+    last_lag: Option<Instant>,
+}
+
+impl Reader {
+    /// Connects (retrying while the server is unreachable), checks the table, installs the
+    /// trigger when asked, LISTENs and prepares the queries.
+    pub async fn connect(config: Config, cfg: SourceConfig, ctx: Context) -> Result<Reader> {
+        let pg = pg::connect(&config, &ctx, false).await?;
+        let (select, holders, save, relations, table_name) = setup(&pg, &cfg, true).await?;
+        Ok(Reader {
+            config,
+            cfg,
+            ctx,
+            pg,
+            select,
+            holders,
+            save,
+            relations,
+            table_name,
+            gate: GapGate::default(),
+            gap_delay: Duration::from_millis(5),
+            last_lag: None,
+        })
+    }
+
+    /// The table's name as PostgreSQL prints it.
+    pub fn table_name(&self) -> &str {
+        &self.table_name
+    }
+
+    /// Reads the next rows above `pos` that may be sent now.
+    pub async fn next_batch(&mut self, pos: u64) -> Result<Batch> {
+        loop {
+            match self.try_batch(pos).await {
+                Ok(b) => return Ok(b),
+                Err(e) => self.on_error(e, "reading").await?,
+            }
+        }
+    }
+
+    async fn try_batch(&mut self, pos: u64) -> Result<Batch, tokio_postgres::Error> {
+        self.pg.clear_notifications();
+        let holders = if self.gate.needs_holders() {
+            let rows = self
+                .pg
+                .client
+                .query(&self.holders, &[&self.relations])
+                .await?;
+            Some(
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, Option<i32>>(1)))
+                    .collect::<Holders>(),
+            )
+        } else {
+            None
+        };
+        let from = i64::try_from(pos).unwrap_or(i64::MAX);
+        let rows = self
+            .pg
+            .client
+            .query(&self.select, &[&from, &self.cfg.batch_size])
+            .await?;
+        let full = rows.len() as i64 >= self.cfg.batch_size;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut last = pos;
+        for r in &rows {
+            let id: i64 = r.get(0);
+            let Ok(id) = u64::try_from(id) else { continue };
+            if id <= last {
+                // Only possible when the id column is not unique.
+                tracing::warn!(
+                    "id {id} appears twice in {}: sending it once",
+                    self.table_name
+                );
+                continue;
+            }
+            last = id;
+            let key: Option<&str> = r.get(1);
+            let payload: Option<&[u8]> = r.get(2);
+            out.push(SourceRow {
+                id,
+                key: key.map(|k| k.as_bytes().to_vec()).unwrap_or_default(),
+                payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
+            });
+        }
+        let ids: Vec<u64> = out.iter().map(|r| r.id).collect();
+        let n = self.gate.admit(
+            pos,
+            &ids,
+            holders.as_ref(),
+            Instant::now(),
+            self.cfg.max_gap_wait,
+        );
+        let held = n < out.len();
+        out.truncate(n);
+        if held {
+            self.gap_delay =
+                (self.gap_delay * 2).min(Duration::from_millis(200).min(self.cfg.poll));
+        } else {
+            self.gap_delay = Duration::from_millis(5);
+        }
+        if full && !held {
+            self.update_lag(pos).await;
+        } else if !full {
+            self.ctx.metrics.lag.set(if held { -1 } else { 0 });
+        }
+        Ok(Batch {
+            rows: out,
+            more: full && !held,
+            held,
+        })
+    }
+
+    async fn update_lag(&mut self, pos: u64) {
+        if self
+            .last_lag
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_lag = Some(Instant::now());
+        let sql = format!(
+            "SELECT max({})::int8 FROM {}",
+            quote_ident(&self.cfg.id_column),
+            self.table_name
+        );
+        if let Ok(row) = self.pg.client.query_one(&sql, &[]).await {
+            if let Some(max) = row.get::<_, Option<i64>>(0) {
+                self.ctx
+                    .metrics
+                    .lag
+                    .set((max - i64::try_from(pos).unwrap_or(i64::MAX)).max(0));
+            }
+        }
+    }
+
+    /// How long to wait before reading again when a notification does not come first:
+    /// short (5 ms doubling to 200 ms) while holding before a gap, else `poll_ms`.
+    pub fn delay(&self, held: bool) -> Duration {
+        if held {
+            self.gap_delay
+        } else {
+            self.cfg.poll
+        }
+    }
+
+    /// Waits for a NOTIFY on the channel (returns at once if the connection is gone).
+    pub async fn notified(&mut self) {
+        if !self.pg.notified().await {
+            // The connection task ended: the next read reconnects. Do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The position stored in `position_table`, if configured and present.
+    pub async fn stored_position(&mut self, stream: &str) -> Result<Option<u64>> {
+        let Some(table) = &self.cfg.position_table else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT position FROM {table} WHERE stream = $1");
+        loop {
+            match self.pg.client.query_opt(&sql, &[&stream]).await {
+                Ok(r) => {
+                    return Ok(r
+                        .and_then(|r| r.get::<_, Option<i64>>(0))
+                        .and_then(|p| u64::try_from(p).ok()))
+                }
+                Err(e) => self.on_error(e, "reading the stored position").await?,
+            }
+        }
+    }
+
+    /// Records the acknowledged `position` in `position_table` (no-op without one). A
+    /// transient failure is logged and left for the next acknowledgement.
+    pub async fn save_position(&mut self, stream: &str, position: u64) -> Result<bool> {
+        let Some(stmt) = &self.save else {
+            return Ok(true);
+        };
+        let p = i64::try_from(position).unwrap_or(i64::MAX);
+        match self.pg.client.execute(stmt, &[&stream, &p]).await {
+            Ok(_) => Ok(true),
+            Err(e) if classify(&e) == ErrorClass::Transient => {
+                tracing::warn!("cannot save the position yet: {}", describe(&e));
+                Ok(false)
+            }
+            Err(e) => bail!("cannot save the position: {}", describe(&e)),
+        }
+    }
+
+    /// Reconnects on a transient error (then the caller retries), fails otherwise.
+    async fn on_error(&mut self, e: tokio_postgres::Error, doing: &str) -> Result<()> {
+        if classify(&e) != ErrorClass::Transient {
+            bail!("{doing} {} failed: {}", self.table_name, describe(&e));
+        }
+        self.ctx.metrics.error("connection");
+        tracing::warn!(
+            "{doing} {} failed: {}; reconnecting",
+            self.table_name,
+            describe(&e)
+        );
+        loop {
+            self.pg = pg::connect(&self.config, &self.ctx, true).await?;
+            match setup(&self.pg, &self.cfg, false).await {
+                Ok((select, holders, save, relations, name)) => {
+                    self.select = select;
+                    self.holders = holders;
+                    self.save = save;
+                    self.relations = relations;
+                    self.table_name = name;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!("setting up after reconnect failed: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+type Setup = (Statement, Statement, Option<Statement>, Vec<u32>, String);
+
+/// Checks the table, installs the trigger (first time only), creates the position table,
+/// LISTENs, prepares the statements.
+async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Setup> {
+    let c = &pg.client;
+    let table = TableInfo::lookup(c, &cfg.table).await?;
+    let id = table.column(&cfg.id_column, "id_column")?;
+    if !matches!(id.base_type.as_str(), "int2" | "int4" | "int8") {
+        bail!(
+            "id_column {} of {} is {}, not an integer: point id_column at a bigint filled from a sequence (e.g. `id bigserial` or `GENERATED ALWAYS AS IDENTITY`)",
+            id.ident(),
+            table.name,
+            id.sql_type
+        );
+    }
+    let payload_sql = match &cfg.payload {
+        Payload::RowToJson => "convert_to(row_to_json(_src.*)::text, 'UTF8')".to_string(),
+        Payload::Column(name) => {
+            let col = table.column(name, "payload")?;
+            if col.base_type == "bytea" {
+                format!("_src.{}", col.ident())
+            } else {
+                format!("convert_to(_src.{}::text, 'UTF8')", col.ident())
+            }
+        }
+    };
+    let key_sql = match &cfg.key_column {
+        Some(k) => format!("_src.{}::text", table.column(k, "key_column")?.ident()),
+        None => "NULL::text".to_string(),
+    };
+    if first {
+        check_id_source(c, &table, id.num, &id.ident()).await;
+        if cfg.install_trigger {
+            install_trigger(c, &table, &cfg.channel).await?;
+        } else if !trigger_present(c, &table, &cfg.channel).await? {
+            tracing::warn!(
+                "no trigger on {} notifies channel `{}`: new rows are seen only every poll_ms; set install_trigger=true to create it",
+                table.name,
+                cfg.channel
+            );
+        }
+    }
+    c.batch_execute(&format!("LISTEN {}", quote_ident(&cfg.channel)))
+        .await
+        .map_err(|e| anyhow!("LISTEN {} failed: {}", cfg.channel, describe(&e)))?;
+    let select = c
+        .prepare(&format!(
+            "SELECT _src.{id}::int8, {key_sql}, {payload_sql} FROM {t} AS _src \
+             WHERE _src.{id} > $1 ORDER BY _src.{id} LIMIT $2",
+            id = id.ident(),
+            t = table.name
+        ))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot prepare the read of {}: {}",
+                table.name,
+                describe(&e)
+            )
+        })?;
+    let holders = c
+        .prepare(
+            "SELECT virtualtransaction, pid FROM pg_locks \
+             WHERE locktype = 'relation' AND relation = ANY($1::oid[]) \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock') \
+             AND pid IS DISTINCT FROM pg_backend_pid()",
+        )
+        .await
+        .map_err(|e| anyhow!("cannot prepare the lock query: {}", describe(&e)))?;
+    let relations: Vec<u32> = c
+        .query_one(
+            "WITH RECURSIVE r(oid) AS (SELECT $1::oid UNION SELECT i.inhrelid FROM pg_inherits i JOIN r ON i.inhparent = r.oid) \
+             SELECT array_agg(oid) FROM r",
+            &[&table.oid],
+        )
+        .await
+        .map_err(|e| anyhow!("cannot list the partitions of {}: {}", table.name, describe(&e)))?
+        .get(0);
+    let save = match &cfg.position_table {
+        None => None,
+        Some(pt) => {
+            c.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {pt} (stream text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await
+            .map_err(|e| anyhow!("cannot create position_table {pt}: {}", describe(&e)))?;
+            Some(
+                c.prepare(&format!(
+                    "INSERT INTO {pt} AS p (stream, position) VALUES ($1, $2) \
+                     ON CONFLICT (stream) DO UPDATE SET position = GREATEST(p.position, EXCLUDED.position), updated_at = now()"
+                ))
+                .await
+                .map_err(|e| anyhow!("cannot prepare the position update: {}", describe(&e)))?,
+            )
+        }
+    };
+    Ok((select, holders, save, relations, table.name))
+}
+
+/// Warns about id columns whose sequence hands out ids out of time order.
+async fn check_id_source(c: &tokio_postgres::Client, table: &TableInfo, attnum: i16, col: &str) {
+    let r = c
+        .query_opt(
+            "SELECT s.seqcache FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid \
+             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
+             AND d.refobjid = $1 AND d.refobjsubid = $2 AND d.deptype IN ('a', 'i') LIMIT 1",
+            &[&table.oid, &(attnum as i32)],
+        )
+        .await;
+    match r {
+        Ok(Some(row)) => {
+            let cache: i64 = row.get(0);
+            if cache > 1 {
+                tracing::warn!(
+                    "the sequence of {}.{col} has CACHE {cache}: sessions hand out ids from their own blocks, out of time order, and rows may be skipped; ALTER SEQUENCE ... CACHE 1",
+                    table.name
+                );
+            }
+        }
+        Ok(None) => tracing::info!(
+            "{}.{col} is not filled by an owned sequence: ids must still increase with insert time",
+            table.name
+        ),
+        Err(e) => tracing::debug!("cannot inspect the id sequence: {}", describe(&e)),
+    }
+}
+
+fn trigger_name(channel: &str) -> String {
+    let mut name = format!("postgres_source_notify_{channel}");
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+async fn trigger_present(
+    c: &tokio_postgres::Client,
+    table: &TableInfo,
+    channel: &str,
+) -> Result<bool> {
+    let r = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2 AND NOT tgisinternal)",
+            &[&table.oid, &trigger_name(channel)],
+        )
+        .await
+        .map_err(|e| anyhow!("cannot read the triggers of {}: {}", table.name, describe(&e)))?;
+    Ok(r.get(0))
+}
+
+/// Creates (or replaces) the statement-level trigger that NOTIFYs `channel` after inserts.
+async fn install_trigger(
+    c: &tokio_postgres::Client,
+    table: &TableInfo,
+    channel: &str,
+) -> Result<()> {
+    let func = format!("{}.postgres_source_notify", table.schema);
+    let trig = quote_ident(&trigger_name(channel));
+    let sql = format!(
+        "BEGIN;
+         SELECT pg_advisory_xact_lock(hashtext('postgres_source_notify'));
+         CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS
+           $f$ BEGIN PERFORM pg_notify(TG_ARGV[0], ''); RETURN NULL; END $f$;
+         DROP TRIGGER IF EXISTS {trig} ON {t};
+         CREATE TRIGGER {trig} AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {func}({chan});
+         COMMIT;",
+        t = table.name,
+        chan = quote_literal(channel)
+    );
+    if let Err(e) = c.batch_execute(&sql).await {
+        let _ = c.batch_execute("ROLLBACK").await;
+        bail!(
+            "cannot install the NOTIFY trigger on {}: {} (create it yourself, or grant this user TRIGGER on the table and CREATE on its schema)",
+            table.name,
+            describe(&e)
+        );
+    }
+    tracing::info!(
+        "trigger {trig} on {} notifies channel `{channel}` after inserts",
+        table.name
+    );
+    Ok(())
+}
+
+/// `--check`: reach the server, find the table and columns, the trigger, the position table.
+pub async fn check(config: &Config, cfg: &SourceConfig) -> Vec<Check> {
+    let what = format!("PostgreSQL reachable at {}", pg::target(config));
+    let pg = match pg::connect_once(config).await {
+        Ok(c) => c,
+        Err(e) => return vec![Check::fail(what, describe(&e))],
+    };
+    let mut checks = vec![Check::ok(what)];
+    let mut no_install = cfg.clone();
+    no_install.install_trigger = false;
+    let r = setup(&pg, &no_install, false).await;
+    let ok = r.is_ok();
+    checks.push(Check::from_result(
+        format!("table `{}` readable by id `{}`", cfg.table, cfg.id_column),
+        r,
+    ));
+    if ok && !cfg.install_trigger {
+        if let Ok(t) = TableInfo::lookup(&pg.client, &cfg.table).await {
+            let present = trigger_present(&pg.client, &t, &cfg.channel).await;
+            checks.push(match present {
+                Ok(true) => Check::ok(format!("trigger notifies channel `{}`", cfg.channel)),
+                Ok(false) => Check::fail(
+                    format!("trigger notifies channel `{}`", cfg.channel),
+                    "none: set install_trigger=true, or rows are seen only every poll_ms",
+                ),
+                Err(e) => Check::fail("trigger lookup", format!("{e:#}")),
+            });
+        }
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(ids: &[&str]) -> Holders {
+        ids.iter().map(|s| (s.to_string(), Some(1))).collect()
+    }
+
+    #[test]
+    fn contiguous_ids_pass() {
+        let mut g = GapGate::default();
+        let now = Instant::now();
+        assert_eq!(g.admit(0, &[1, 2, 3], None, now, None), 3);
+        assert!(!g.needs_holders());
+    }
+
+    #[test]
+    fn a_gap_holds_until_its_suspects_end() {
+        let mut g = GapGate::default();
+        let now = Instant::now();
+        // 9 missing: stop before 10.
+        assert_eq!(g.admit(7, &[8, 10, 11], None, now, None), 1);
+        assert!(g.needs_holders());
+        // Round 2: suspects = {a, b}; still a gap.
+        assert_eq!(g.admit(8, &[10, 11], Some(&h(&["a", "b"])), now, None), 0);
+        // Round 3: a new writer c appeared, b ended; a is left.
+        assert_eq!(g.admit(8, &[10, 11], Some(&h(&["a", "c"])), now, None), 0);
+        // Round 4: a ended; c does not count: the gap is permanent.
+        assert_eq!(g.admit(8, &[10, 11, 12], Some(&h(&["c"])), now, None), 3);
+        assert!(!g.needs_holders());
+    }
+
+    #[test]
+    fn a_filled_gap_clears_and_a_new_one_starts_over() {
+        let mut g = GapGate::default();
+        let now = Instant::now();
+        assert_eq!(g.admit(0, &[1, 3], None, now, None), 1);
+        // 2 committed: everything passes, up to the next gap (5 missing).
+        assert_eq!(g.admit(1, &[2, 3, 4, 6], Some(&h(&["x"])), now, None), 3);
+        // The new gap after 4 needs its own round of suspects, even with no holders now
+        // listed for it yet.
+        assert!(g.needs_holders());
+        assert_eq!(g.admit(4, &[6], Some(&h(&[])), now, None), 1);
+    }
+
+    #[test]
+    fn max_wait_gives_up() {
+        let mut g = GapGate::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            g.admit(0, &[2], None, t0, Some(Duration::from_millis(10))),
+            0
+        );
+        let later = t0 + Duration::from_millis(20);
+        assert_eq!(
+            g.admit(
+                0,
+                &[2],
+                Some(&h(&["a"])),
+                later,
+                Some(Duration::from_millis(10))
+            ),
+            1
+        );
+    }
+}

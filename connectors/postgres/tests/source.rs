@@ -1,0 +1,204 @@
+//! postgres_source on its own (`--to stdout`): id gaps, out-of-order commits, restarts.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{args, table, wait_or_dump, Cluster, Db, DropTables};
+use testkit::Proc;
+
+fn start_source(dir: &Path, url: &str, t: &str, extra: &[(&str, &str)]) -> Proc {
+    let mut params = vec![
+        ("connection", url),
+        ("table", t),
+        ("key_column", "id"),
+        ("payload", "body"),
+        ("install_trigger", "true"),
+        ("poll_ms", "200"),
+    ];
+    params.extend_from_slice(extra);
+    let mut a = vec![
+        "--connector".to_string(),
+        "src".to_string(),
+        "--to".to_string(),
+        "stdout".to_string(),
+        "--format".to_string(),
+        "kv".to_string(),
+        "--stats-interval".to_string(),
+        "0".to_string(),
+    ];
+    a.extend(args("src", &params));
+    Proc::spawn_with(
+        dir,
+        "postgres_source",
+        Command::new(testkit::bin("postgres_source")).args(&a),
+    )
+}
+
+/// `id TAB body` lines written so far.
+fn lines(p: &Proc) -> Vec<String> {
+    String::from_utf8_lossy(&p.stdout())
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_row_committed_after_a_later_id_is_not_skipped() {
+    let url = common::url();
+    let t = table("pggap");
+    let _drop = DropTables {
+        url: url.clone(),
+        tables: vec![t.clone()],
+    };
+    let setup = Db::connect(&url);
+    setup.exec(&format!(
+        "CREATE TABLE {t} (id bigserial PRIMARY KEY, body text NOT NULL)"
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = start_source(dir.path(), &url, &t, &[]);
+    let (a, b) = (Db::connect(&url), Db::connect(&url));
+
+    // A takes id 1 and stays open; B takes id 2 and commits first.
+    a.exec(&format!("BEGIN; INSERT INTO {t} (body) VALUES ('first')"));
+    b.exec(&format!("INSERT INTO {t} (body) VALUES ('second')"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        lines(&source).is_empty(),
+        "id 2 was sent while id 1 could still commit: {:?}",
+        lines(&source)
+    );
+    a.exec("COMMIT");
+    wait_or_dump(Duration::from_secs(10), "ids 1 and 2", &[&source], || {
+        lines(&source).len() >= 2
+    });
+    assert_eq!(lines(&source), vec!["1\tfirst", "2\tsecond"]);
+
+    // A rolled-back id is a permanent gap: the source moves past it.
+    a.exec(&format!(
+        "BEGIN; INSERT INTO {t} (body) VALUES ('gone'); ROLLBACK"
+    ));
+    b.exec(&format!("INSERT INTO {t} (body) VALUES ('fourth')"));
+    wait_or_dump(
+        Duration::from_secs(10),
+        "id 4 after the rolled-back 3",
+        &[&source],
+        || lines(&source).len() >= 3,
+    );
+    assert_eq!(lines(&source)[2], "4\tfourth");
+
+    // A long writer holds id 5 while 6 and 7 commit, and an unrelated writer keeps
+    // writing the table meanwhile: nothing passes 5 until it commits.
+    let c = Db::connect(&url);
+    a.exec(&format!("BEGIN; INSERT INTO {t} (body) VALUES ('fifth')"));
+    b.exec(&format!("INSERT INTO {t} (body) VALUES ('sixth')"));
+    c.exec(&format!("BEGIN; UPDATE {t} SET body = body WHERE id = 1"));
+    b.exec(&format!("INSERT INTO {t} (body) VALUES ('seventh')"));
+    std::thread::sleep(Duration::from_millis(1000));
+    c.exec("COMMIT");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lines(&source).len(), 3, "{:?}", lines(&source));
+    a.exec("COMMIT");
+    wait_or_dump(Duration::from_secs(10), "ids 5, 6, 7", &[&source], || {
+        lines(&source).len() >= 6
+    });
+    assert_eq!(
+        lines(&source),
+        vec![
+            "1\tfirst",
+            "2\tsecond",
+            "4\tfourth",
+            "5\tfifth",
+            "6\tsixth",
+            "7\tseventh"
+        ]
+    );
+}
+
+#[test]
+fn concurrent_writers_committing_out_of_order_lose_nothing() {
+    let url = common::url();
+    let t = table("pgconc");
+    let _drop = DropTables {
+        url: url.clone(),
+        tables: vec![t.clone()],
+    };
+    Db::connect(&url).exec(&format!(
+        "CREATE TABLE {t} (id bigserial PRIMARY KEY, body text NOT NULL)"
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = start_source(dir.path(), &url, &t, &[("batch_size", "50")]);
+    // Four writers; each transaction inserts, sleeps a little, then commits or (1 in 10)
+    // rolls back, so commits interleave with ids out of order.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, t) = (url.clone(), t.clone());
+            std::thread::spawn(move || {
+                let db = Db::connect(&url);
+                for i in 0..150 {
+                    let end = if (i + w) % 10 == 3 {
+                        "ROLLBACK"
+                    } else {
+                        "COMMIT"
+                    };
+                    db.exec(&format!(
+                        "BEGIN; INSERT INTO {t} (body) VALUES ('w{w}-{i}')"
+                    ));
+                    std::thread::sleep(Duration::from_millis((i * 7 + w * 3) % 5));
+                    db.exec(end);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let db = Db::connect(&url);
+    let expected: Vec<String> = db
+        .texts(&format!(
+            "SELECT id::text || E'\\t' || body FROM {t} ORDER BY id"
+        ))
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    assert_eq!(expected.len(), 4 * 135);
+    wait_or_dump(
+        Duration::from_secs(20),
+        "every committed row",
+        &[&source],
+        || lines(&source).len() >= expected.len(),
+    );
+    assert_eq!(lines(&source), expected);
+}
+
+#[test]
+fn source_reconnects_after_a_server_restart_and_reads_what_was_inserted_meanwhile() {
+    let cluster = Cluster::start();
+    let url = cluster.url();
+    let db = Db::connect(&url);
+    db.exec("CREATE TABLE events (id bigserial PRIMARY KEY, body text NOT NULL)");
+    db.exec("INSERT INTO events (body) SELECT 'before-' || g FROM generate_series(1, 100) g");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = start_source(dir.path(), &url, "events", &[]);
+    wait_or_dump(Duration::from_secs(20), "100 rows", &[&source], || {
+        lines(&source).len() >= 100
+    });
+    cluster.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_again();
+    let db = Db::connect(&url);
+    db.exec("INSERT INTO events (body) SELECT 'after-' || g FROM generate_series(1, 100) g");
+    wait_or_dump(Duration::from_secs(30), "200 rows", &[&source], || {
+        lines(&source).len() >= 200
+    });
+    let got = lines(&source);
+    assert_eq!(got.len(), 200);
+    assert_eq!(got[199], "200\tafter-100");
+    let err = source.stderr();
+    assert!(
+        err.contains("reconnected to PostgreSQL"),
+        "no reconnect logged: {err}"
+    );
+}
