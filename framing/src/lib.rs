@@ -14,5 +14,6 @@ pub use codec::{PlainCodec, ProtocolCodec, DEFAULT_MAX_FRAME};
 pub use error::FrameError;
 pub use frame::{encode_message, Frame, Hello, Message, Tag, PROTOCOL_VERSION};
 pub use session::{
-    check_hello, stream_id_for, Credits, StreamError, StreamState, StreamTable, NOTHING_PROCESSED,
+    check_hello, stream_id_for, Credits, StreamError, StreamIdHasher, StreamMap, StreamState,
+    StreamTable, NOTHING_PROCESSED,
 };

@@ -13,7 +13,9 @@
 //! the credits of the messages it covers, so at most `max_credits` messages are ever in
 //! flight. With `--from stdin` the same calls read records from standard input.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use framing::StreamMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,7 +70,7 @@ struct AckCmd {
     points: Vec<(u64, u64)>,
 }
 
-type AckRoutes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<AckCmd>>>>;
+type AckRoutes = Arc<Mutex<StreamMap<mpsc::UnboundedSender<AckCmd>>>>;
 
 /// Receives the engine's messages and sends acknowledgements back.
 pub struct Sink {
@@ -108,7 +110,7 @@ impl Sink {
         })?);
         let (tx, rx) = mpsc::channel(64);
         let routes: AckRoutes = Arc::default();
-        let delivered: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+        let delivered: Arc<Mutex<StreamMap<u64>>> = Arc::default();
         let accept = listener.clone();
         let routes2 = routes.clone();
         let metrics2 = metrics.clone();
@@ -328,7 +330,7 @@ impl Sink {
         }
         self.metrics.acked.add(msgs.len() as u64);
         self.metrics.in_flight.add(-(msgs.len() as i64));
-        let mut per_conn: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        let mut per_conn: StreamMap<Vec<(u64, u64)>> = StreamMap::default();
         for m in msgs {
             let points = per_conn.entry(m.conn).or_default();
             match points.iter_mut().find(|(s, _)| *s == m.stream_id) {
@@ -352,7 +354,7 @@ struct Session {
     config: SinkServerConfig,
     out: mpsc::Sender<Vec<SinkMessage>>,
     /// Last point acknowledged per stream, across connections (answers NOTIFY).
-    delivered: Arc<Mutex<HashMap<u64, u64>>>,
+    delivered: Arc<Mutex<StreamMap<u64>>>,
     metrics: ConnectorMetrics,
 }
 
@@ -396,7 +398,7 @@ impl Session {
         self.metrics.credits.set(credits.balance() as i64);
         let mut streams = StreamTable::default();
         // Ids delivered to the connector and not yet acknowledged, per stream.
-        let mut outstanding: HashMap<u64, VecDeque<u64>> = HashMap::new();
+        let mut outstanding: StreamMap<VecDeque<u64>> = StreamMap::default();
         loop {
             tokio::select! {
                 frame = framed.next() => {
@@ -475,7 +477,7 @@ impl Session {
         frame: Frame,
         credits: &mut Credits,
         streams: &mut StreamTable,
-        outstanding: &mut HashMap<u64, VecDeque<u64>>,
+        outstanding: &mut StreamMap<VecDeque<u64>>,
         batch: &mut Vec<SinkMessage>,
         wbuf: &mut BytesMut,
     ) -> Result<(), String> {
@@ -533,8 +535,6 @@ impl Session {
                         .map_err(|e| e.to_string())?;
                     return Ok(());
                 }
-                self.metrics.messages_in.inc();
-                self.metrics.bytes_in.add(m.payload.len() as u64);
                 outstanding
                     .entry(m.stream_id)
                     .or_default()
@@ -570,6 +570,10 @@ impl Session {
         if batch.is_empty() {
             return Ok(());
         }
+        self.metrics.messages_in.add(batch.len() as u64);
+        self.metrics
+            .bytes_in
+            .add(batch.iter().map(|m| m.payload.len() as u64).sum());
         self.out
             .send(batch)
             .await

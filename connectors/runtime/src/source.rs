@@ -13,7 +13,9 @@
 //! so a connector never has to rewind its upstream for an engine restart. With `--to stdout`
 //! the same calls write records to standard output instead, acknowledged once written.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use framing::StreamMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,7 +74,7 @@ pub struct Acked {
 #[derive(Default)]
 struct AckBoard {
     /// Latest acknowledged point per stream, not yet handed to the connector.
-    fresh: Mutex<HashMap<u64, u64>>,
+    fresh: Mutex<StreamMap<u64>>,
     wake: Notify,
 }
 
@@ -154,7 +156,7 @@ impl Source {
             buf: BytesMut::new(),
             pending: Vec::new(),
             credits: 0,
-            streams: HashMap::new(),
+            streams: StreamMap::default(),
             last_stream: None,
         };
         link.reconnect().await?;
@@ -173,7 +175,7 @@ impl Source {
                 format,
                 out: tokio::io::stdout(),
                 buf: BytesMut::new(),
-                last: HashMap::new(),
+                last: StreamMap::default(),
                 records: 0,
             }),
             acks: Arc::new(AckBoard::default()),
@@ -313,7 +315,7 @@ struct StdoutLink {
     format: Format,
     out: tokio::io::Stdout,
     buf: BytesMut,
-    last: HashMap<u64, u64>,
+    last: StreamMap<u64>,
     /// Records in `buf`.
     records: u64,
 }
@@ -368,7 +370,7 @@ impl StdoutLink {
 /// acknowledgements against it as they arrive, so `connector_acked_total` and
 /// `connector_in_flight` are current even while the connector waits for upstream data.
 struct SentLog {
-    ids: Mutex<HashMap<u64, VecDeque<u64>>>,
+    ids: Mutex<StreamMap<VecDeque<u64>>>,
     metrics: ConnectorMetrics,
 }
 
@@ -438,7 +440,7 @@ struct Conn {
     control: mpsc::UnboundedReceiver<Control>,
     granted: Arc<AtomicU64>,
     wake: Arc<Notify>,
-    acked: Arc<Mutex<HashMap<u64, u64>>>,
+    acked: Arc<Mutex<StreamMap<u64>>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -484,7 +486,7 @@ struct EngineLink {
     /// MESSAGE frames in `buf`: (stream id, message id, start, end).
     pending: Vec<(u64, u64, usize, usize)>,
     credits: u64,
-    streams: HashMap<u64, OpenStream>,
+    streams: StreamMap<OpenStream>,
     last_stream: Option<u64>,
 }
 
@@ -581,7 +583,7 @@ impl EngineLink {
         let (tx, rx) = mpsc::unbounded_channel();
         let granted = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(Notify::new());
-        let acked = Arc::new(Mutex::new(HashMap::new()));
+        let acked = Arc::new(Mutex::new(StreamMap::default()));
         let reader = tokio::spawn(read_loop(
             framed,
             tx,
@@ -985,7 +987,7 @@ async fn read_loop(
     control: mpsc::UnboundedSender<Control>,
     granted: Arc<AtomicU64>,
     wake: Arc<Notify>,
-    acked: Arc<Mutex<HashMap<u64, u64>>>,
+    acked: Arc<Mutex<StreamMap<u64>>>,
     board: Arc<AckBoard>,
     sent_log: Arc<SentLog>,
 ) {
