@@ -6,6 +6,8 @@
 //! environment variables set by `scripts/services.sh`, with loopback defaults; a service that
 //! is not reachable fails the test with a message saying how to start it.
 
+pub mod shell;
+
 use std::fs::File;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -74,27 +76,52 @@ pub fn service(var: &str, default: &str, host_port: impl Fn(&str) -> String, nam
 
 /// Redis URL (`REDIS_URL`, default `redis://127.0.0.1:6379`), checked reachable.
 pub fn redis_url() -> String {
-    service("REDIS_URL", "redis://127.0.0.1:6379", |v| host_port_of_url(v, 6379), "Redis")
+    service(
+        "REDIS_URL",
+        "redis://127.0.0.1:6379",
+        |v| host_port_of_url(v, 6379),
+        "Redis",
+    )
 }
 
 /// AMQP URL (`AMQP_URL`, default guest on 127.0.0.1:5672), checked reachable.
 pub fn amqp_url() -> String {
-    service("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", |v| host_port_of_url(v, 5672), "RabbitMQ")
+    service(
+        "AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        |v| host_port_of_url(v, 5672),
+        "RabbitMQ",
+    )
 }
 
 /// PostgreSQL connection string (`PG_URL`, default trust on 127.0.0.1:5432, db test).
 pub fn pg_url() -> String {
-    service("PG_URL", "host=127.0.0.1 port=5432 user=postgres dbname=test", |_| "127.0.0.1:5432".to_string(), "PostgreSQL")
+    service(
+        "PG_URL",
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        |_| "127.0.0.1:5432".to_string(),
+        "PostgreSQL",
+    )
 }
 
 /// Kafka bootstrap brokers (`KAFKA_BROKERS`, default 127.0.0.1:9092), checked reachable.
 pub fn kafka_brokers() -> String {
-    service("KAFKA_BROKERS", "127.0.0.1:9092", |v| v.split(',').next().unwrap_or(v).to_string(), "Kafka broker")
+    service(
+        "KAFKA_BROKERS",
+        "127.0.0.1:9092",
+        |v| v.split(',').next().unwrap_or(v).to_string(),
+        "Kafka broker",
+    )
 }
 
 /// S3/Kinesis endpoint (`AWS_ENDPOINT_URL`, default moto on http://127.0.0.1:5000).
 pub fn aws_endpoint() -> String {
-    service("AWS_ENDPOINT_URL", "http://127.0.0.1:5000", |v| host_port_of_url(v, 80), "S3/Kinesis (moto)")
+    service(
+        "AWS_ENDPOINT_URL",
+        "http://127.0.0.1:5000",
+        |v| host_port_of_url(v, 80),
+        "S3/Kinesis (moto)",
+    )
 }
 
 fn host_port_of_url(url: &str, default_port: u16) -> String {
@@ -131,9 +158,16 @@ impl Proc {
         let stdout_path = dir.join(format!("{name}.stdout"));
         let stderr_path = dir.join(format!("{name}.stderr"));
         let child = cmd
-            .stdout(Stdio::from(File::create(&stdout_path).expect("create stdout file")))
-            .stderr(Stdio::from(File::create(&stderr_path).expect("create stderr file")))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::from(
+                File::create(&stdout_path).expect("create stdout file"),
+            ))
+            .stderr(Stdio::from(
+                File::create(&stderr_path).expect("create stderr file"),
+            ))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Proc {
@@ -246,15 +280,17 @@ impl AppFile {
 
     /// Declares a source connector the engine listens for on a TCP port.
     pub fn source(mut self, name: &str, port: u16, extra: &str) -> AppFile {
-        self.text
-            .push_str(&format!("\n[source_connectors.{name}]\nport = {port}\n{extra}\n"));
+        self.text.push_str(&format!(
+            "\n[source_connectors.{name}]\nport = {port}\n{extra}\n"
+        ));
         self
     }
 
     /// Declares a sink connector that listens on a TCP port.
     pub fn sink(mut self, name: &str, port: u16, extra: &str) -> AppFile {
-        self.text
-            .push_str(&format!("\n[sink_connectors.{name}]\nport = {port}\n{extra}\n"));
+        self.text.push_str(&format!(
+            "\n[sink_connectors.{name}]\nport = {port}\n{extra}\n"
+        ));
         self
     }
 
@@ -298,7 +334,13 @@ pub fn start_engine(dir: &Path, name: &str, app: &Path, extra: &[&str], ports: &
 }
 
 /// Starts a connector binary with `--application-module app --connector name` plus `args`.
-pub fn start_connector(dir: &Path, program: &str, app: &Path, connector: &str, args: &[String]) -> Proc {
+pub fn start_connector(
+    dir: &Path,
+    program: &str,
+    app: &Path,
+    connector: &str,
+    args: &[String],
+) -> Proc {
     let mut all = vec![
         "--application-module".to_string(),
         app.display().to_string(),

@@ -1,11 +1,9 @@
 //! `--metrics-addr` and `--stats-interval` during a real run: stdin_source -> engine ->
 //! stdout_sink, each serving Prometheus text; the counters must match what was sent.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{must, scrape, OpenStdin};
+use testkit::shell::{must, scrape, OpenStdin};
 use testkit::{bin, free_port, start_connector, start_engine, wait_until, AppFile};
 
 #[test]

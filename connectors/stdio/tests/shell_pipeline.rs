@@ -1,11 +1,9 @@
 //! Shell pipelines with real processes: `--to stdout` / `--from stdin` in place of the engine,
 //! `grep` in between, a closed stdout (`| head`), and the same binaries through the engine.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{bash, OpenStdin};
+use testkit::shell::{bash, OpenStdin};
 use testkit::{bin, free_port, start_connector, start_engine, wait_until, AppFile};
 
 /// `key TAB value` lines for three users; returns the text and the lines for `alice`.

@@ -8,14 +8,12 @@
 //!
 //! No timing assertions: it prints messages/s and MB/s (results in benchmarks/connector-template.md).
 
-mod common;
-
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::bash;
+use testkit::shell::bash;
 use testkit::{bin, free_port, start_connector, start_engine, wait_until, AppFile};
 
 const LINES: usize = 2_000_000;

@@ -2,13 +2,11 @@
 //! (length-prefixed payload + a JSON line) and acknowledged, and the rest flows on; without
 //! the flag the sink stops with a clear error and does not acknowledge it.
 
-mod common;
-
 use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{bash, metric, scrape, OpenStdin};
+use testkit::shell::{bash, metric, scrape, OpenStdin};
 use testkit::{bin, free_port, start_connector, start_engine, wait_until, AppFile, Proc};
 
 /// Plain length-prefixed frames of `payloads`.

@@ -1,13 +1,11 @@
 //! The template connectors as a user runs them: through the engine (a pass-through pipeline),
 //! in a shell pipeline with `grep`, under `| head`, and with `--check`.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::bash;
+use testkit::shell::bash;
 use testkit::{bin, free_port, start_connector, start_engine, wait_until, AppFile};
 
 /// `n` numbered lines of varying length.

@@ -1,6 +1,5 @@
-//! Helpers for the template tests: shell pipelines, a standard input kept open, /metrics scrapes.
-
-#![allow(dead_code)]
+//! Helpers for tests of shell pipelines and metrics: run a bash script with the built
+//! binaries on hand, keep a process's standard input open, scrape and read `/metrics`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,19 +9,20 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use testkit::Proc;
+use crate::Proc;
 
 /// Runs `script` with `bash -c` (`set -o pipefail` is NOT set: the script decides), with
-/// `$TEMPLATE_SOURCE`, `$TEMPLATE_SINK`, `$STDIN_SOURCE`, `$UDP_SINK`, ... pointing at the
-/// built binaries.
+/// `$ENGINE`, `$STDIN_SOURCE`, `$STDOUT_SINK`, `$TEMPLATE_SOURCE`, `$TEMPLATE_SINK`,
+/// `$UDP_SINK` pointing at the built binaries.
 pub fn bash(dir: &Path, script: &str) -> Output {
     let mut cmd = Command::new("bash");
     cmd.arg("-c").arg(script).current_dir(dir);
     for (var, name) in [
-        ("TEMPLATE_SOURCE", "template_source"),
-        ("TEMPLATE_SINK", "template_sink"),
+        ("ENGINE", "engine"),
         ("STDIN_SOURCE", "stdin_source"),
         ("STDOUT_SINK", "stdout_sink"),
+        ("TEMPLATE_SOURCE", "template_source"),
+        ("TEMPLATE_SINK", "template_sink"),
         ("UDP_SINK", "udp_sink"),
     ] {
         // Only the binaries that were built: a script using a missing one fails with
