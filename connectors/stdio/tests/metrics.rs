@@ -64,12 +64,12 @@ fn metrics_match_what_was_sent() {
         "the sink wrote {} of {} bytes; sink stderr: {}",
         sink.stdout().len(),
         text.len(),
-        common::tail(&sink.stderr())
+        testkit::shell::tail(&sink.stderr())
     );
     // Acknowledgements travel back sink -> engine -> source after the write: wait for them.
     let settled = wait_until(Duration::from_secs(20), || {
         let s = scrape(src_m);
-        common::metric(&s, "connector_acked_total", &[]) == Some(n as f64)
+        testkit::shell::metric(&s, "connector_acked_total", &[]) == Some(n as f64)
     });
     let (src, eng, snk) = (scrape(src_m), scrape(engine_m), scrape(sink_m));
     assert!(

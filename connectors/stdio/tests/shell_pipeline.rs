@@ -167,12 +167,12 @@ fn stdin_source_to_engine_to_stdout_sink() {
         source.proc.stderr()
     );
     assert!(wait_until(Duration::from_secs(10), || sink.stdout().len() >= all.len()));
-    common::assert_same_text(
+    testkit::shell::assert_same_text(
         &String::from_utf8_lossy(&sink.stdout()),
         &all,
         &format!(
             "everything arrives once, in order, keys intact; sink: {}",
-            common::tail(&sink.stderr())
+            testkit::shell::tail(&sink.stderr())
         ),
     );
     assert!(sink.is_running());

@@ -134,7 +134,7 @@ fn bench_toolkit_paths() {
         wait_until(Duration::from_secs(10), || size() == want),
         "out.txt has {} bytes, want {want}; sink: {}",
         size(),
-        common::tail(&sink.stderr())
+        testkit::shell::tail(&sink.stderr())
     );
     report(
         "template_source -> engine -> template_sink (all acked)",

@@ -55,12 +55,12 @@ fn template_source_to_engine_to_template_sink() {
     // which the engine does only after the sink acknowledged its writes.
     let run = run_source(dir.path(), &app);
     assert!(run.status.success(), "template_source: {run:?}");
-    common::assert_same_text(
+    testkit::shell::assert_same_text(
         &read(&out),
         &input,
         &format!(
             "every line once, in order; sink: {}",
-            common::tail(&sink.stderr())
+            testkit::shell::tail(&sink.stderr())
         ),
     );
     // The upstream commit: the offset file holds the end of the file.
@@ -73,7 +73,7 @@ fn template_source_to_engine_to_template_sink() {
     let run = run_source(dir.path(), &app);
     assert!(run.status.success(), "second run: {run:?}");
     std::thread::sleep(Duration::from_millis(300));
-    common::assert_same_text(&read(&out), &input, "nothing re-sent after a complete run");
+    testkit::shell::assert_same_text(&read(&out), &input, "nothing re-sent after a complete run");
 
     // New lines appended upstream are sent on the next run, and only those.
     let more = "appended 1\nappended 2\n";
