@@ -291,6 +291,28 @@ pub fn throttled(ctx: &Context, what: &str) {
         .inc();
 }
 
+/// `--check` of the S3 binaries: the service answers and the `bucket` parameter's bucket exists.
+pub async fn check_bucket(ctx: connector_runtime::Context) -> Vec<connector_runtime::Check> {
+    let r = async {
+        let bucket = ctx.params.required("bucket")?;
+        let client = AwsOptions::from_params(&ctx.params)
+            .s3(path_style_param(&ctx.params)?)
+            .await?;
+        client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| anyhow!("bucket `{bucket}`: {} (does it exist?)", describe(&e)))?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    vec![connector_runtime::Check::from_result(
+        "S3 bucket reachable and exists",
+        r,
+    )]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,31 +92,9 @@ struct Multipart {
 }
 
 fn main() -> ExitCode {
-    connector_runtime::sink(SPEC).check(check).run(run)
-}
-
-/// `--check`: the service is reachable and the resource exists.
-async fn check(ctx: Context) -> Vec<Check> {
-    let r = async {
-        let bucket = ctx.params.required("bucket")?;
-        let client = AwsOptions::from_params(&ctx.params)
-            .s3(client::path_style_param(&ctx.params)?)
-            .await?;
-        client
-            .head_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "bucket `{bucket}`: {} (does it exist?)",
-                    client::describe(&e)
-                )
-            })?;
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    vec![Check::from_result("S3 bucket reachable and exists", r)]
+    connector_runtime::sink(SPEC)
+        .check(client::check_bucket)
+        .run(run)
 }
 
 async fn run(ctx: Context, mut sink: Sink) -> Result<()> {
