@@ -10,11 +10,12 @@ pub use prometheus::serve_metrics;
 pub use registry::{Counter, Gauge, Registry};
 pub use stats::{spawn_stats_reporter, StatsSource};
 
-/// Installs the global `tracing` subscriber: `warn` unless `RUST_LOG` says otherwise,
+/// Installs the global `tracing` subscriber: `warn` unless `RUST_LOG` says otherwise (the
+/// AWS SDK's credential and region probing only at `error`: its misses are expected),
 /// written to stderr so stdout stays free for data (`--to stdout`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
