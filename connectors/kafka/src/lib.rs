@@ -1,1 +1,238 @@
-//! Placeholder until the connector lands.
+//! What `kafka_source` and `kafka_sink` share: building a librdkafka configuration from the
+//! connector's parameters, forwarding librdkafka's logs and errors to `tracing` and the
+//! connector's metrics, and telling permanent produce errors from transient ones.
+
+use connector_runtime::metrics::ConnectorMetrics;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+/// librdkafka settings a user may not override because they would break the connector's
+/// delivery guarantee, with the reason shown in the error.
+const LOCKED: &[(&str, &str)] = &[
+    (
+        "enable.auto.commit",
+        "kafka_source commits only what the engine acknowledged",
+    ),
+    (
+        "enable.auto.offset.store",
+        "kafka_source commits only what the engine acknowledged",
+    ),
+];
+
+/// Builds a client configuration: `bootstrap.servers`, then the connector's `defaults`, then
+/// every `--NAME-option key=value` in order (so options override defaults).
+///
+/// Fails with a one-line reason on an option without `=` or on an attempt to change a
+/// setting the connector's guarantee depends on.
+pub fn client_config(
+    brokers: &str,
+    defaults: &[(&str, &str)],
+    options: &[String],
+    connector: &str,
+) -> anyhow::Result<ClientConfig> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in defaults {
+        config.set(*k, *v);
+    }
+    for opt in options {
+        let Some((k, v)) = opt.split_once('=') else {
+            anyhow::bail!(
+                "--{connector}-option {opt:?} is not key=value (e.g. --{connector}-option security.protocol=SASL_SSL)"
+            );
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() {
+            anyhow::bail!("--{connector}-option {opt:?} has an empty key");
+        }
+        if let Some((_, why)) = LOCKED.iter().find(|(l, _)| *l == k) {
+            if defaults.iter().any(|(d, dv)| d == &k && *dv != v) {
+                anyhow::bail!("--{connector}-option {k}={v} is not allowed: {why}");
+            }
+        }
+        config.set(k, v);
+    }
+    Ok(config)
+}
+
+/// Sets librdkafka's log level from the `tracing` filter (`RUST_LOG`), so librdkafka does
+/// not format lines that would be dropped. Its debug contexts are switched on with
+/// `--NAME-option debug=consumer,cgrp,...` plus `RUST_LOG=debug`.
+pub fn set_log_level(config: &mut ClientConfig) {
+    let level = if tracing::enabled!(tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(tracing::Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else {
+        RDKafkaLogLevel::Warning
+    };
+    config.set_log_level(level);
+}
+
+/// Forwards one librdkafka log line to `tracing`.
+pub fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", "{fac}: {msg}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac}: {msg}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", "{fac}: {msg}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac}: {msg}"),
+    }
+}
+
+/// Reports a client-level librdkafka error (broker down, authentication, ...): logged and
+/// counted; a lost broker connection also counts as a reconnect.
+pub fn client_error(metrics: &ConnectorMetrics, error: &KafkaError, reason: &str) {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::BrokerTransportFailure) | Some(RDKafkaErrorCode::AllBrokersDown) => {
+            metrics.reconnects.inc();
+            metrics.error("kafka_transport");
+            tracing::warn!("Kafka: {reason} (librdkafka keeps retrying)");
+        }
+        _ => {
+            metrics.error("kafka");
+            tracing::error!("Kafka: {error}: {reason}");
+        }
+    }
+}
+
+/// How a failed produce should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The broker will never accept this message (too large, no such topic, not allowed,
+    /// invalid): report it and set it aside (dead letter).
+    Permanent,
+    /// The producer itself is unusable (idempotence state lost, fenced): stop; the engine
+    /// replays what was not acknowledged on the next start.
+    Fatal,
+    /// Anything else (timeouts, leader changes, not enough replicas): produce it again.
+    Transient,
+}
+
+/// Classifies a produce error code.
+pub fn classify(code: RDKafkaErrorCode) -> Failure {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::UnknownTopic
+        | C::UnknownTopicOrPartition
+        | C::UnknownPartition
+        | C::InvalidTopic
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::PolicyViolation
+        | C::UnsupportedForMessageFormat
+        | C::InvalidRequiredAcks
+        | C::MessageBatchTooLarge => Failure::Permanent,
+        C::Fatal
+        | C::InvalidProducerEpoch
+        | C::ProducerFenced
+        | C::UnknownProducerId
+        | C::OutOfOrderSequenceNumber
+        | C::TransactionalIdAuthorizationFailed => Failure::Fatal,
+        _ => Failure::Transient,
+    }
+}
+
+/// Maps the `compression` parameter to librdkafka's `compression.codec`.
+pub fn compression_codec(value: &str, connector: &str) -> anyhow::Result<&'static str> {
+    Ok(match value.trim().to_ascii_lowercase().as_str() {
+        "none" | "" => "none",
+        "gzip" => "gzip",
+        "snappy" => "snappy",
+        "lz4" => "lz4",
+        "zstd" => "zstd",
+        other => anyhow::bail!(
+            "invalid value {other:?} for --{connector}-compression: expected none, gzip, snappy, lz4 or zstd"
+        ),
+    })
+}
+
+/// Maps the `acks` parameter to librdkafka's `acks`.
+pub fn acks_setting(value: &str, connector: &str) -> anyhow::Result<&'static str> {
+    Ok(match value.trim().to_ascii_lowercase().as_str() {
+        "all" | "-1" => "all",
+        "1" | "leader" => "1",
+        "0" | "none" => "0",
+        other => {
+            anyhow::bail!("invalid value {other:?} for --{connector}-acks: expected all, 1 or 0")
+        }
+    })
+}
+
+/// Parses the `topics` parameter: names, or regular expressions when they start with `^`
+/// (librdkafka's convention, passed through unchanged).
+pub fn topics(list: &[String], connector: &str) -> anyhow::Result<Vec<String>> {
+    if list.is_empty() {
+        anyhow::bail!("--{connector}-topics is empty: give one topic or more, comma-separated");
+    }
+    Ok(list.to_vec())
+}
+
+/// The protocol stream name of a topic-partition (`orders/3`): its hash is the stream id.
+pub fn stream_name(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_override_defaults_but_not_the_guarantee() {
+        let c = client_config(
+            "b:9092",
+            &[("enable.auto.commit", "false"), ("linger.ms", "5")],
+            &[
+                "linger.ms=20".into(),
+                " security.protocol = SASL_SSL".into(),
+            ],
+            "in",
+        )
+        .unwrap();
+        assert_eq!(c.get("linger.ms"), Some("20"));
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+        let e = client_config(
+            "b",
+            &[("enable.auto.commit", "false")],
+            &["enable.auto.commit=true".into()],
+            "in",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not allowed"), "{e}");
+        let e = client_config("b", &[], &["nokey".into()], "in")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key=value"), "{e}");
+    }
+
+    #[test]
+    fn parameters_map_to_librdkafka_values() {
+        assert_eq!(compression_codec("ZSTD", "o").unwrap(), "zstd");
+        assert!(compression_codec("brotli", "o").is_err());
+        assert_eq!(acks_setting("all", "o").unwrap(), "all");
+        assert_eq!(acks_setting("1", "o").unwrap(), "1");
+        assert!(acks_setting("2", "o").is_err());
+        assert_eq!(stream_name("t", 3), "t/3");
+        assert_eq!(
+            classify(RDKafkaErrorCode::MessageSizeTooLarge),
+            Failure::Permanent
+        );
+        assert_eq!(
+            classify(RDKafkaErrorCode::MessageTimedOut),
+            Failure::Transient
+        );
+        assert_eq!(classify(RDKafkaErrorCode::ProducerFenced), Failure::Fatal);
+    }
+}
