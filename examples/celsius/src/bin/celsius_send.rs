@@ -9,7 +9,9 @@ fn main() -> ExitCode {
     let (Some(addr), from, to) = (
         args.first(),
         args.get(1).and_then(|s| s.parse::<i32>().ok()).unwrap_or(0),
-        args.get(2).and_then(|s| s.parse::<i32>().ok()).unwrap_or(100),
+        args.get(2)
+            .and_then(|s| s.parse::<i32>().ok())
+            .unwrap_or(100),
     ) else {
         eprintln!("usage: celsius_send HOST:PORT [FROM] [TO]");
         return ExitCode::from(2);

@@ -8,11 +8,17 @@ use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(addr), Some(count)) = (args.first(), args.get(1).and_then(|s| s.parse::<usize>().ok())) else {
+    let (Some(addr), Some(count)) = (
+        args.first(),
+        args.get(1).and_then(|s| s.parse::<usize>().ok()),
+    ) else {
         eprintln!("usage: udp_print HOST:PORT COUNT [TIMEOUT_SECS]");
         return ExitCode::from(2);
     };
-    let timeout = args.get(2).and_then(|s| s.parse::<u64>().ok()).unwrap_or(30);
+    let timeout = args
+        .get(2)
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(30);
     let socket = match UdpSocket::bind(addr) {
         Ok(s) => s,
         Err(e) => {
