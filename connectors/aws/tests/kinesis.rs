@@ -47,19 +47,7 @@ fn kinesis_round_trip_100k_through_the_engine() {
     let engine = start_engine(dir.path(), "engine", &app, &[], &[p_feed, p_from]);
 
     let started = Instant::now();
-    let mut feed = command("stdin_source");
-    feed.args([
-        "--application-module",
-        &app.display().to_string(),
-        "--connector",
-        "feed",
-        "--format",
-        "frames",
-        "--stats-interval",
-        "0",
-    ])
-    .stdin(std::fs::File::open(&input).expect("input"));
-    let mut feed = testkit::Proc::spawn_with(dir.path(), "stdin_source", &mut feed);
+    let mut feed = feed_frames(dir.path(), &app, &input);
     let status = feed.wait_timeout(Duration::from_secs(240));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -256,19 +244,7 @@ fn kinesis_sink_refuses_oversize_records_one_by_one() {
         ]),
     );
     let engine = start_engine(dir.path(), "engine", &app, &[], &[p_feed]);
-    let mut feed = command("stdin_source");
-    feed.args([
-        "--application-module",
-        &app.display().to_string(),
-        "--connector",
-        "feed",
-        "--format",
-        "frames",
-        "--stats-interval",
-        "0",
-    ])
-    .stdin(std::fs::File::open(&input).expect("input"));
-    let mut feed = testkit::Proc::spawn_with(dir.path(), "stdin_source", &mut feed);
+    let mut feed = feed_frames(dir.path(), &app, &input);
     let status = feed.wait_timeout(Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),

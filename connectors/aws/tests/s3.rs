@@ -56,19 +56,7 @@ fn s3_round_trip_100k_through_the_engine() {
     let engine = start_engine(dir.path(), "engine", &app, &[], &[p_feed, p_from]);
 
     let started = Instant::now();
-    let mut feed = command("stdin_source");
-    feed.args([
-        "--application-module",
-        &app.display().to_string(),
-        "--connector",
-        "feed",
-        "--format",
-        "frames",
-        "--stats-interval",
-        "0",
-    ])
-    .stdin(std::fs::File::open(&input).expect("input"));
-    let mut feed = testkit::Proc::spawn_with(dir.path(), "stdin_source", &mut feed);
+    let mut feed = feed_frames(dir.path(), &app, &input);
     let status = feed.wait_timeout(Duration::from_secs(120));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -562,19 +550,7 @@ fn s3_sink_closes_a_batch_before_it_holds_all_the_engine_credits() {
         ]),
     );
     let engine = start_engine(dir.path(), "engine", &app, &[], &[p_feed]);
-    let mut feed = command("stdin_source");
-    feed.args([
-        "--application-module",
-        &app.display().to_string(),
-        "--connector",
-        "feed",
-        "--format",
-        "frames",
-        "--stats-interval",
-        "0",
-    ])
-    .stdin(std::fs::File::open(&input).expect("input"));
-    let mut feed = testkit::Proc::spawn_with(dir.path(), "stdin_source", &mut feed);
+    let mut feed = feed_frames(dir.path(), &app, &input);
     let status = feed.wait_timeout(Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),

@@ -466,3 +466,21 @@ impl Drop for DeleteBucket {
         });
     }
 }
+
+/// Starts `stdin_source` as connector `feed` of `app`, reading the plain frames of `input`:
+/// the usual way these tests push payloads into the engine.
+pub fn feed_frames(dir: &Path, app: &Path, input: &Path) -> Proc {
+    let mut feed = command("stdin_source");
+    feed.args([
+        "--application-module",
+        &app.display().to_string(),
+        "--connector",
+        "feed",
+        "--format",
+        "frames",
+        "--stats-interval",
+        "0",
+    ])
+    .stdin(std::fs::File::open(input).expect("input"));
+    Proc::spawn_with(dir, "stdin_source", &mut feed)
+}
