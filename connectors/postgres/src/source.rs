@@ -275,12 +275,9 @@ pub struct Reader {
     cfg: SourceConfig,
     ctx: Context,
     pg: PgConn,
-    select: Statement,
-    holders: Statement,
-    save: Option<Statement>,
-    /// The table and its descendants (partitions, children): the lock holders to watch.
-    relations: Vec<u32>,
-    table_name: String,
+    prepared: Prepared,
+    /// When to try installing the NOTIFY trigger again (it is missing: the table was busy).
+    trigger_retry: Option<Instant>,
     gate: GapGate,
     gap_delay: Duration,
     last_lag: Option<Instant>,
@@ -291,17 +288,16 @@ impl Reader {
     /// trigger when asked, LISTENs and prepares the queries.
     pub async fn connect(config: Config, cfg: SourceConfig, ctx: Context) -> Result<Reader> {
         let pg = pg::connect(&config, &ctx, false).await?;
-        let (select, holders, save, relations, table_name) = setup(&pg, &cfg, true).await?;
+        let prepared = setup(&pg, &cfg, true).await?;
+        let trigger_retry =
+            (prepared.trigger == Some(TriggerState::Busy)).then(|| Instant::now() + TRIGGER_RETRY);
         Ok(Reader {
             config,
             cfg,
             ctx,
             pg,
-            select,
-            holders,
-            save,
-            relations,
-            table_name,
+            prepared,
+            trigger_retry,
             gate: GapGate::default(),
             gap_delay: Duration::from_millis(5),
             last_lag: None,
@@ -310,11 +306,12 @@ impl Reader {
 
     /// The table's name as PostgreSQL prints it.
     pub fn table_name(&self) -> &str {
-        &self.table_name
+        &self.prepared.table.name
     }
 
     /// Reads the next rows above `pos` that may be sent now.
     pub async fn next_batch(&mut self, pos: u64) -> Result<Batch> {
+        self.retry_trigger().await;
         loop {
             match self.try_batch(pos).await {
                 Ok(b) => return Ok(b),
@@ -323,13 +320,28 @@ impl Reader {
         }
     }
 
+    /// Tries again to install the trigger that could not be installed at start, when due.
+    /// A failure only delays it: reading goes on by polling meanwhile.
+    async fn retry_trigger(&mut self) {
+        if self.trigger_retry.is_none_or(|at| Instant::now() < at) {
+            return;
+        }
+        let state = ensure_trigger(&self.pg.client, &self.prepared.table, &self.cfg.channel)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e:#}; trying again in {}s", TRIGGER_RETRY.as_secs());
+                TriggerState::Busy
+            });
+        self.trigger_retry = (state == TriggerState::Busy).then(|| Instant::now() + TRIGGER_RETRY);
+    }
+
     async fn try_batch(&mut self, pos: u64) -> Result<Batch, tokio_postgres::Error> {
         self.pg.clear_notifications();
         let holders = if self.gate.needs_holders() {
             let rows = self
                 .pg
                 .client
-                .query(&self.holders, &[&self.relations])
+                .query(&self.prepared.holders, &[&self.prepared.relations])
                 .await?;
             Some(
                 rows.iter()
@@ -343,7 +355,7 @@ impl Reader {
         let rows = self
             .pg
             .client
-            .query(&self.select, &[&from, &self.cfg.batch_size])
+            .query(&self.prepared.select, &[&from, &self.cfg.batch_size])
             .await?;
         let full = rows.len() as i64 >= self.cfg.batch_size;
         let mut out = Vec::with_capacity(rows.len());
@@ -355,7 +367,7 @@ impl Reader {
                 // Only possible when the id column is not unique.
                 tracing::warn!(
                     "id {id} appears twice in {}: sending it once",
-                    self.table_name
+                    self.prepared.table.name
                 );
                 continue;
             }
@@ -407,7 +419,7 @@ impl Reader {
         let sql = format!(
             "SELECT max({})::int8 FROM {}",
             quote_ident(&self.cfg.id_column),
-            self.table_name
+            self.prepared.table.name
         );
         if let Ok(row) = self.pg.client.query_one(&sql, &[]).await {
             if let Some(max) = row.get::<_, Option<i64>>(0) {
@@ -458,7 +470,7 @@ impl Reader {
     /// Records the acknowledged `position` in `position_table` (no-op without one). A
     /// transient failure is logged and left for the next acknowledgement.
     pub async fn save_position(&mut self, stream: &str, position: u64) -> Result<bool> {
-        let Some(stmt) = &self.save else {
+        let Some(stmt) = &self.prepared.save else {
             return Ok(true);
         };
         let p = i64::try_from(position).unwrap_or(i64::MAX);
@@ -475,23 +487,23 @@ impl Reader {
     /// Reconnects on a transient error (then the caller retries), fails otherwise.
     async fn on_error(&mut self, e: tokio_postgres::Error, doing: &str) -> Result<()> {
         if classify(&e) != ErrorClass::Transient {
-            bail!("{doing} {} failed: {}", self.table_name, describe(&e));
+            bail!(
+                "{doing} {} failed: {}",
+                self.prepared.table.name,
+                describe(&e)
+            );
         }
         self.ctx.metrics.error("connection");
         tracing::warn!(
             "{doing} {} failed: {}; reconnecting",
-            self.table_name,
+            self.prepared.table.name,
             describe(&e)
         );
         loop {
             self.pg = pg::connect(&self.config, &self.ctx, true).await?;
             match setup(&self.pg, &self.cfg, false).await {
-                Ok((select, holders, save, relations, name)) => {
-                    self.select = select;
-                    self.holders = holders;
-                    self.save = save;
-                    self.relations = relations;
-                    self.table_name = name;
+                Ok(prepared) => {
+                    self.prepared = prepared;
                     return Ok(());
                 }
                 Err(e) => {
@@ -503,11 +515,21 @@ impl Reader {
     }
 }
 
-type Setup = (Statement, Statement, Option<Statement>, Vec<u32>, String);
+/// What one connection needs to read the table: the table and the prepared statements.
+struct Prepared {
+    table: TableInfo,
+    select: Statement,
+    holders: Statement,
+    save: Option<Statement>,
+    /// The table and its descendants (partitions, children): the lock holders to watch.
+    relations: Vec<u32>,
+    /// The NOTIFY trigger, when this setup was asked to install it.
+    trigger: Option<TriggerState>,
+}
 
 /// Checks the table, installs the trigger (first time only), creates the position table,
 /// LISTENs, prepares the statements.
-async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Setup> {
+async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Prepared> {
     let c = &pg.client;
     let table = TableInfo::lookup(c, &cfg.table).await?;
     let id = table.column(&cfg.id_column, "id_column")?;
@@ -534,10 +556,11 @@ async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Setup> {
         Some(k) => format!("_src.{}::text", table.column(k, "key_column")?.ident()),
         None => "NULL::text".to_string(),
     };
+    let mut trigger = None;
     if first {
         check_id_source(c, &table, id.num, &id.ident()).await;
         if cfg.install_trigger {
-            install_trigger(c, &table, &cfg.channel).await?;
+            trigger = Some(ensure_trigger(c, &table, &cfg.channel).await?);
         } else if !trigger_present(c, &table, &cfg.channel).await? {
             tracing::warn!(
                 "no trigger on {} notifies channel `{}`: new rows are seen only every poll_ms; set install_trigger=true to create it",
@@ -601,7 +624,14 @@ async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Setup> {
             )
         }
     };
-    Ok((select, holders, save, relations, table.name))
+    Ok(Prepared {
+        table,
+        select,
+        holders,
+        save,
+        relations,
+        trigger,
+    })
 }
 
 /// Warns about id columns whose sequence hands out ids out of time order.
@@ -655,38 +685,76 @@ async fn trigger_present(
     Ok(r.get(0))
 }
 
-/// Creates (or replaces) the statement-level trigger that NOTIFYs `channel` after inserts.
-async fn install_trigger(
+/// How long installing the trigger may wait for the table lock. `CREATE TRIGGER` needs a
+/// lock that conflicts with inserts, and while it waits every new insert queues behind it:
+/// so it never waits long, and gives way to open writers (it is retried later).
+const TRIGGER_LOCK_TIMEOUT: &str = "200ms";
+
+/// How often a trigger that could not be installed (the table was busy) is tried again.
+const TRIGGER_RETRY: Duration = Duration::from_secs(10);
+
+/// Whether the NOTIFY trigger is in place after [`ensure_trigger`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TriggerState {
+    /// Present (found or created).
+    Present,
+    /// Not installed yet: the table was busy; try again later.
+    Busy,
+}
+
+/// Creates the statement-level trigger that NOTIFYs `channel` after inserts, unless it is
+/// already there. Never queues for long in front of the table's writers: when a
+/// transaction holds the table the attempt gives up at once and reports [`TriggerState::Busy`].
+async fn ensure_trigger(
     c: &tokio_postgres::Client,
     table: &TableInfo,
     channel: &str,
-) -> Result<()> {
+) -> Result<TriggerState> {
+    if trigger_present(c, table, channel).await? {
+        return Ok(TriggerState::Present);
+    }
     let func = format!("{}.postgres_source_notify", table.schema);
     let trig = quote_ident(&trigger_name(channel));
+    // The advisory lock (per function) keeps two sources from replacing the function at
+    // the same moment ("tuple concurrently updated"); lock_timeout bounds that wait too.
     let sql = format!(
         "BEGIN;
-         SELECT pg_advisory_xact_lock(hashtext('postgres_source_notify'));
+         SET LOCAL lock_timeout = '{TRIGGER_LOCK_TIMEOUT}';
+         SELECT pg_advisory_xact_lock(hashtext({func_lit}));
          CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS
            $f$ BEGIN PERFORM pg_notify(TG_ARGV[0], ''); RETURN NULL; END $f$;
-         DROP TRIGGER IF EXISTS {trig} ON {t};
          CREATE TRIGGER {trig} AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {func}({chan});
          COMMIT;",
+        func_lit = quote_literal(&func),
         t = table.name,
         chan = quote_literal(channel)
     );
-    if let Err(e) = c.batch_execute(&sql).await {
-        let _ = c.batch_execute("ROLLBACK").await;
-        bail!(
+    let Err(e) = c.batch_execute(&sql).await else {
+        tracing::info!(
+            "trigger {trig} on {} notifies channel `{channel}` after inserts",
+            table.name
+        );
+        return Ok(TriggerState::Present);
+    };
+    let _ = c.batch_execute("ROLLBACK").await;
+    match e.code().map(|c| c.code()) {
+        // Another instance created it meanwhile.
+        Some("42710") => Ok(TriggerState::Present),
+        // lock_not_available: a transaction holds the table.
+        Some("55P03") => {
+            tracing::warn!(
+                "the NOTIFY trigger on {} is not installed yet: a transaction holds the table; trying again every {}s, and reading every poll_ms meanwhile",
+                table.name,
+                TRIGGER_RETRY.as_secs()
+            );
+            Ok(TriggerState::Busy)
+        }
+        _ => bail!(
             "cannot install the NOTIFY trigger on {}: {} (create it yourself, or grant this user TRIGGER on the table and CREATE on its schema)",
             table.name,
             describe(&e)
-        );
+        ),
     }
-    tracing::info!(
-        "trigger {trig} on {} notifies channel `{channel}` after inserts",
-        table.name
-    );
-    Ok(())
 }
 
 /// `--check`: reach the server, find the table and columns, the trigger, the position table.

@@ -37,6 +37,20 @@ fn start_source(dir: &Path, url: &str, t: &str, extra: &[(&str, &str)]) -> Proc 
     )
 }
 
+/// Waits until the source has installed its NOTIFY trigger on `t`: from then on it takes
+/// no lock on the table, so the test's own transactions cannot queue behind it.
+fn wait_for_trigger(db: &Db, t: &str, source: &Proc) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = '{t}'::regclass AND NOT tgisinternal"
+    );
+    wait_or_dump(
+        Duration::from_secs(20),
+        "the NOTIFY trigger",
+        &[source],
+        || db.i64(&sql) == 1,
+    );
+}
+
 /// `id TAB body` lines written so far.
 fn lines(p: &Proc) -> Vec<String> {
     String::from_utf8_lossy(&p.stdout())
@@ -59,6 +73,7 @@ fn a_row_committed_after_a_later_id_is_not_skipped() {
     ));
     let dir = tempfile::tempdir().expect("tempdir");
     let source = start_source(dir.path(), &url, &t, &[]);
+    wait_for_trigger(&setup, &t, &source);
     let (a, b) = (Db::connect(&url), Db::connect(&url));
 
     // A takes id 1 and stays open; B takes id 2 and commits first.
@@ -118,6 +133,43 @@ fn a_row_committed_after_a_later_id_is_not_skipped() {
 }
 
 #[test]
+fn a_source_starting_while_a_writer_holds_the_table_does_not_block_other_writers() {
+    let url = common::url();
+    let t = table("pgbusy");
+    let _drop = DropTables {
+        url: url.clone(),
+        tables: vec![t.clone()],
+    };
+    let setup = Db::connect(&url);
+    setup.exec(&format!(
+        "CREATE TABLE {t} (id bigserial PRIMARY KEY, body text NOT NULL)"
+    ));
+    // A long transaction holds the table while the source starts: installing the trigger
+    // needs a lock that conflicts with it, and must not make every other writer wait.
+    let a = Db::connect(&url);
+    a.exec(&format!("BEGIN; INSERT INTO {t} (body) VALUES ('held')"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = start_source(dir.path(), &url, &t, &[]);
+    wait_or_dump(
+        Duration::from_secs(20),
+        "the source giving way to the open transaction",
+        &[&source],
+        || source.stderr().contains("is not installed yet"),
+    );
+    let b = Db::connect(&url);
+    b.exec("SET statement_timeout = '5s'");
+    b.exec(&format!("INSERT INTO {t} (body) VALUES ('other')"));
+    a.exec("COMMIT");
+    // Without the trigger the source still reads, by polling.
+    wait_or_dump(Duration::from_secs(10), "both rows", &[&source], || {
+        lines(&source).len() >= 2
+    });
+    assert_eq!(lines(&source), vec!["1\theld", "2\tother"]);
+    // Once the table is free the trigger goes in on a later attempt.
+    wait_for_trigger(&setup, &t, &source);
+}
+
+#[test]
 fn concurrent_writers_committing_out_of_order_lose_nothing() {
     let url = common::url();
     let t = table("pgconc");
@@ -125,11 +177,13 @@ fn concurrent_writers_committing_out_of_order_lose_nothing() {
         url: url.clone(),
         tables: vec![t.clone()],
     };
-    Db::connect(&url).exec(&format!(
+    let setup = Db::connect(&url);
+    setup.exec(&format!(
         "CREATE TABLE {t} (id bigserial PRIMARY KEY, body text NOT NULL)"
     ));
     let dir = tempfile::tempdir().expect("tempdir");
     let source = start_source(dir.path(), &url, &t, &[("batch_size", "50")]);
+    wait_for_trigger(&setup, &t, &source);
     // Four writers; each transaction inserts, sleeps a little, then commits or (1 in 10)
     // rolls back, so commits interleave with ids out of order.
     let writers: Vec<_> = (0..4)
