@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{args, table, Cluster, Db, DropTables};
+use common::{args, Cluster, Db};
 use testkit::Proc;
 
 fn sink_command(url: &str, t: &str, format: &str, extra: &[(&str, &str)]) -> Command {
@@ -38,16 +38,8 @@ fn run_sink(dir: &Path, input: &Path, cmd: &mut Command) -> (bool, String) {
 
 #[test]
 fn a_bad_jsonb_row_goes_to_the_dead_letter_dir_and_the_rest_flows() {
-    let url = common::url();
-    let t = table("pgjson");
-    let _drop = DropTables {
-        url: url.clone(),
-        tables: vec![t.clone()],
-    };
-    let db = Db::connect(&url);
-    db.exec(&format!(
-        "CREATE TABLE {t} (key text PRIMARY KEY, value jsonb NOT NULL)"
-    ));
+    let table = common::test_table("pgjson", "key text PRIMARY KEY, value jsonb NOT NULL");
+    let (url, t, db) = (common::url(), &table.name, &table.db);
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.kv");
     let mut text = String::new();
@@ -63,7 +55,7 @@ fn a_bad_jsonb_row_goes_to_the_dead_letter_dir_and_the_rest_flows() {
     let (ok, err) = run_sink(
         dir.path(),
         &input,
-        sink_command(&url, &t, "kv", &[("batch_size", "5000")])
+        sink_command(&url, t, "kv", &[("batch_size", "5000")])
             .args(["--dead-letter", &dl.display().to_string()]),
     );
     assert!(ok, "sink failed: {err}");
@@ -92,7 +84,7 @@ fn a_bad_jsonb_row_goes_to_the_dead_letter_dir_and_the_rest_flows() {
 
     // Without --dead-letter the sink stops on the bad row, naming it.
     db.exec(&format!("TRUNCATE {t}"));
-    let (ok, err) = run_sink(dir.path(), &input, &mut sink_command(&url, &t, "kv", &[]));
+    let (ok, err) = run_sink(dir.path(), &input, &mut sink_command(&url, t, "kv", &[]));
     assert!(!ok);
     assert!(
         err.contains("bad-777") && err.contains("--dead-letter"),
@@ -102,16 +94,8 @@ fn a_bad_jsonb_row_goes_to_the_dead_letter_dir_and_the_rest_flows() {
 
 #[test]
 fn binary_payloads_go_to_bytea_byte_for_byte_in_insert_mode() {
-    let url = common::url();
-    let t = table("pgbytea");
-    let _drop = DropTables {
-        url: url.clone(),
-        tables: vec![t.clone()],
-    };
-    let db = Db::connect(&url);
-    db.exec(&format!(
-        "CREATE TABLE {t} (n bigserial, key text, value bytea NOT NULL)"
-    ));
+    let table = common::test_table("pgbytea", "n bigserial, key text, value bytea NOT NULL");
+    let (url, t, db) = (common::url(), &table.name, &table.db);
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.frames");
     let mut data = Vec::new();
@@ -130,7 +114,7 @@ fn binary_payloads_go_to_bytea_byte_for_byte_in_insert_mode() {
     let (ok, err) = run_sink(
         dir.path(),
         &input,
-        &mut sink_command(&url, &t, "frames", &[("mode", "insert")]),
+        &mut sink_command(&url, t, "frames", &[("mode", "insert")]),
     );
     assert!(ok, "sink failed: {err}");
     let got = db.bytes(&format!("SELECT value FROM {t} ORDER BY n"));
@@ -203,16 +187,8 @@ fn sink_reconnects_after_a_server_restart_and_writes_everything() {
 
 #[test]
 fn upsert_updates_existing_keys_and_keeps_the_last_value_of_a_key_in_a_batch() {
-    let url = common::url();
-    let t = table("pgups");
-    let _drop = DropTables {
-        url: url.clone(),
-        tables: vec![t.clone()],
-    };
-    let db = Db::connect(&url);
-    db.exec(&format!(
-        "CREATE TABLE {t} (key bigint PRIMARY KEY, value text NOT NULL)"
-    ));
+    let table = common::test_table("pgups", "key bigint PRIMARY KEY, value text NOT NULL");
+    let (url, t, db) = (common::url(), &table.name, &table.db);
     let dir = tempfile::tempdir().expect("tempdir");
     let first = dir.path().join("first.kv");
     let second = dir.path().join("second.kv");
@@ -224,7 +200,7 @@ fn upsert_updates_existing_keys_and_keeps_the_last_value_of_a_key_in_a_batch() {
     // Half of these keys exist: the COPY fast path is declined, the upsert runs.
     std::fs::write(&second, lines(50, 150, "b")).expect("write");
     for input in [&first, &second] {
-        let (ok, err) = run_sink(dir.path(), input, &mut sink_command(&url, &t, "kv", &[]));
+        let (ok, err) = run_sink(dir.path(), input, &mut sink_command(&url, t, "kv", &[]));
         assert!(ok, "sink failed: {err}");
     }
     assert_eq!(db.i64(&format!("SELECT count(*) FROM {t}")), 150);

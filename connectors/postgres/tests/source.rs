@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{args, table, wait_or_dump, Cluster, Db, DropTables};
+use common::{args, wait_or_dump, Cluster, Db};
 use testkit::Proc;
 
 fn start_source(dir: &Path, url: &str, t: &str, extra: &[(&str, &str)]) -> Proc {
@@ -61,19 +61,11 @@ fn lines(p: &Proc) -> Vec<String> {
 
 #[test]
 fn a_row_committed_after_a_later_id_is_not_skipped() {
-    let url = common::url();
-    let t = table("pggap");
-    let _drop = DropTables {
-        url: url.clone(),
-        tables: vec![t.clone()],
-    };
-    let setup = Db::connect(&url);
-    setup.exec(&format!(
-        "CREATE TABLE {t} (id bigserial PRIMARY KEY, body text NOT NULL)"
-    ));
+    let table = common::test_table("pggap", "id bigserial PRIMARY KEY, body text NOT NULL");
+    let (url, t, setup) = (common::url(), &table.name, &table.db);
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = start_source(dir.path(), &url, &t, &[]);
-    wait_for_trigger(&setup, &t, &source);
+    let source = start_source(dir.path(), &url, t, &[]);
+    wait_for_trigger(setup, t, &source);
     let (a, b) = (Db::connect(&url), Db::connect(&url));
 
     // A takes id 1 and stays open; B takes id 2 and commits first.
@@ -134,22 +126,14 @@ fn a_row_committed_after_a_later_id_is_not_skipped() {
 
 #[test]
 fn a_source_starting_while_a_writer_holds_the_table_does_not_block_other_writers() {
-    let url = common::url();
-    let t = table("pgbusy");
-    let _drop = DropTables {
-        url: url.clone(),
-        tables: vec![t.clone()],
-    };
-    let setup = Db::connect(&url);
-    setup.exec(&format!(
-        "CREATE TABLE {t} (id bigserial PRIMARY KEY, body text NOT NULL)"
-    ));
+    let table = common::test_table("pgbusy", "id bigserial PRIMARY KEY, body text NOT NULL");
+    let (url, t, setup) = (common::url(), &table.name, &table.db);
     // A long transaction holds the table while the source starts: installing the trigger
     // needs a lock that conflicts with it, and must not make every other writer wait.
     let a = Db::connect(&url);
     a.exec(&format!("BEGIN; INSERT INTO {t} (body) VALUES ('held')"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = start_source(dir.path(), &url, &t, &[]);
+    let source = start_source(dir.path(), &url, t, &[]);
     wait_or_dump(
         Duration::from_secs(20),
         "the source giving way to the open transaction",
@@ -166,24 +150,16 @@ fn a_source_starting_while_a_writer_holds_the_table_does_not_block_other_writers
     });
     assert_eq!(lines(&source), vec!["1\theld", "2\tother"]);
     // Once the table is free the trigger goes in on a later attempt.
-    wait_for_trigger(&setup, &t, &source);
+    wait_for_trigger(setup, t, &source);
 }
 
 #[test]
 fn concurrent_writers_committing_out_of_order_lose_nothing() {
-    let url = common::url();
-    let t = table("pgconc");
-    let _drop = DropTables {
-        url: url.clone(),
-        tables: vec![t.clone()],
-    };
-    let setup = Db::connect(&url);
-    setup.exec(&format!(
-        "CREATE TABLE {t} (id bigserial PRIMARY KEY, body text NOT NULL)"
-    ));
+    let table = common::test_table("pgconc", "id bigserial PRIMARY KEY, body text NOT NULL");
+    let (url, t, setup) = (common::url(), &table.name, &table.db);
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = start_source(dir.path(), &url, &t, &[("batch_size", "50")]);
-    wait_for_trigger(&setup, &t, &source);
+    let source = start_source(dir.path(), &url, t, &[("batch_size", "50")]);
+    wait_for_trigger(setup, t, &source);
     // Four writers; each transaction inserts, sleeps a little, then commits or (1 in 10)
     // rolls back, so commits interleave with ids out of order.
     let writers: Vec<_> = (0..4)

@@ -122,6 +122,32 @@ impl Drop for DropTables {
     }
 }
 
+/// A table of its own for one test: created at once, dropped when this goes out of scope.
+pub struct TestTable {
+    /// The table's (unique, lower-case) name.
+    pub name: String,
+    /// A connection to the test server.
+    pub db: Db,
+    _drop: DropTables,
+}
+
+/// Creates table `<prefix>_<unique>` with `columns` (SQL, e.g. `id bigserial PRIMARY KEY`).
+pub fn test_table(prefix: &str, columns: &str) -> TestTable {
+    let url = url();
+    let name = table(prefix);
+    let drop = DropTables {
+        url: url.clone(),
+        tables: vec![name.clone()],
+    };
+    let db = Db::connect(&url);
+    db.exec(&format!("CREATE TABLE {name} ({columns})"));
+    TestTable {
+        name,
+        db,
+        _drop: drop,
+    }
+}
+
 /// Ports and the application file for source -> engine -> sink.
 pub struct Pipeline {
     pub dir: tempfile::TempDir,
