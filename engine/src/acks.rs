@@ -101,8 +101,16 @@ impl AckTracker {
             .collect()
     }
 
-    /// Handles NOTIFY from connection `conn`.
-    pub fn notify(&mut self, conn: ConnId, stream_id: u64, name: &str) -> NotifyResult {
+    /// Handles NOTIFY from connection `conn`, which announced the stream with `asked` as
+    /// its point of reference.
+    ///
+    /// The answer is the last durably processed message id. When nothing of the stream was
+    /// processed, it depends on the connector's own convention, told by `asked`: our
+    /// connectors announce `u64::MAX` and get `u64::MAX` ("nothing processed") back, so
+    /// that message id 0 stays usable (Kafka offsets); Wallaroo's Python client announces
+    /// its position (a byte offset) and seeks to whatever point comes back, so it gets 0,
+    /// the start, which is what Wallaroo itself answered.
+    pub fn notify(&mut self, conn: ConnId, stream_id: u64, name: &str, asked: u64) -> NotifyResult {
         let rec = self.streams.entry(stream_id).or_insert_with(|| StreamRec {
             name: name.to_string(),
             owner: None,
@@ -113,7 +121,12 @@ impl AckTracker {
             conn_last_acked: None,
             eos: false,
         });
-        let point = rec.done.unwrap_or(NOTHING_PROCESSED);
+        let nothing = if asked == NOTHING_PROCESSED {
+            NOTHING_PROCESSED
+        } else {
+            0
+        };
+        let point = rec.done.unwrap_or(nothing);
         if matches!(rec.owner, Some(o) if o != conn) {
             return NotifyResult {
                 success: false,

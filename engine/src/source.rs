@@ -325,10 +325,10 @@ fn frame(c: &mut Core, s: &mut Session, body: &[u8]) -> Result<(), ProtoError> {
         Frame::Notify {
             stream_id,
             stream_name,
-            ..
+            point_of_ref,
         } => {
             spend(c, s)?;
-            let r = c.tracker.notify(s.conn, stream_id, &stream_name);
+            let r = c.tracker.notify(s.conn, stream_id, &stream_name, point_of_ref);
             if !r.success {
                 warn!(
                     "source `{}`: stream {stream_id} ({stream_name}) is active on another connection; NOTIFY refused",

@@ -62,7 +62,7 @@ impl Good {
     fn new(f: &Fixture) -> Good {
         let mut raw = Raw::connect(&f.src);
         let credits = raw.hello("secret");
-        assert_eq!(raw.notify(1, "good", 0), (true, u64::MAX));
+        assert_eq!(raw.notify(1, "good", u64::MAX), (true, u64::MAX));
         Good {
             raw,
             next: 1,
@@ -201,7 +201,7 @@ fn every_bad_input_closes_only_that_connection() {
 
     // peer vanishing mid-frame: half a MESSAGE, then gone
     let mut r = hello_ok(&f);
-    r.notify(11, "vanishing", 0);
+    r.notify(11, "vanishing", u64::MAX);
     let mut half = bytes::BytesMut::new();
     msg(11, 1, b"", &[7u8; 100]).encode(&mut half).unwrap();
     r.send_raw(&half[..60]).unwrap();
@@ -211,7 +211,7 @@ fn every_bad_input_closes_only_that_connection() {
 
     // a stream id active on another connection is refused
     let mut r = hello_ok(&f);
-    assert!(!r.notify(1, "good", 0).0);
+    assert!(!r.notify(1, "good", u64::MAX).0);
     good.round_trip();
 
     f.engine.stop().unwrap();

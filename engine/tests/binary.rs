@@ -146,7 +146,7 @@ fn unix_socket_mode_stale_file_and_cleanup_and_one_log_line_per_bad_connection()
     good.hello("");
     let mode = std::fs::metadata(&src).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
-    good.notify(1, "one", 0);
+    good.notify(1, "one", u64::MAX);
     good.send(&msg(1, 1, b"", b"x"));
     good.wait_ack(1, 1, Duration::from_secs(10));
     for bad in [&[0u8, 0, 0, 1, 99][..], b"GET / HTTP/1.1\r\n\r\n"] {

@@ -88,7 +88,7 @@ fn mixed_sizes_bytes_out_equal_bytes_in_and_acks_follow_the_sink() {
     let f = fixture(1000);
     let mut raw = Raw::connect(&f.src);
     let mut credits = u64::from(raw.hello(""));
-    assert_eq!(raw.notify(42, "mixed", 0), (true, u64::MAX));
+    assert_eq!(raw.notify(42, "mixed", u64::MAX), (true, u64::MAX));
     credits -= 1;
     let mut x = 7u64;
     let n = 5000u64;
@@ -129,7 +129,7 @@ fn no_ack_before_the_sink_acks_and_resend_after_sink_reconnect() {
     let f = fixture(1000);
     let mut raw = Raw::connect(&f.src);
     raw.hello("");
-    raw.notify(5, "s5", 0);
+    raw.notify(5, "s5", u64::MAX);
     f.sink.ack.store(false, Ordering::SeqCst);
     raw.send_all(&(1..=10).map(|i| msg(5, i, b"", b"p")).collect::<Vec<_>>());
     f.sink.wait_count(10, T);
@@ -178,8 +178,15 @@ fn notify_resume_points_dedup_and_stream_ownership() {
     let mut f = fixture(1000);
     let mut a = Raw::connect(&f.src);
     a.hello("");
+    // A stream never seen: u64::MAX to a connector that announced u64::MAX (ours), 0 (the
+    // start, as Wallaroo answered) to one that announced a position (Wallaroo's client).
+    let mut w = Raw::connect(&f.src);
+    w.hello("");
+    assert_eq!(w.notify(77, "seventy-seven", 4096), (true, 0));
+    assert_eq!(w.notify(78, "seventy-eight", 0), (true, 0));
+    drop(w);
     assert_eq!(
-        a.notify(9, "nine", 0),
+        a.notify(9, "nine", u64::MAX),
         (true, u64::MAX),
         "unknown stream: u64::MAX"
     );
@@ -192,11 +199,11 @@ fn notify_resume_points_dedup_and_stream_ownership() {
     // another connection may not take an active stream
     let mut b = Raw::connect(&f.src);
     b.hello("");
-    assert_eq!(b.notify(9, "nine", 0), (false, 1000));
+    assert_eq!(b.notify(9, "nine", u64::MAX), (false, 1000));
     drop(a);
     std::thread::sleep(Duration::from_millis(100));
     // once the owner is gone, the stream resumes at the acked point; replays are dropped
-    assert_eq!(b.notify(9, "nine", 0), (true, 1000));
+    assert_eq!(b.notify(9, "nine", u64::MAX), (true, 1000));
     b.send_all(
         &(5..=15)
             .map(|i| msg(9, i * 100, b"", &[i as u8]))
@@ -228,7 +235,7 @@ fn notify_resume_points_dedup_and_stream_ownership() {
     std::thread::sleep(Duration::from_millis(50));
     let mut c = Raw::connect(&f.src);
     c.hello("");
-    assert_eq!(c.notify(9, "nine", 0), (true, 1600));
+    assert_eq!(c.notify(9, "nine", u64::MAX), (true, 1600));
     f.engine.take().unwrap().stop().unwrap();
     drop(f.dir);
 }
@@ -274,7 +281,7 @@ sinks = ["out"]
     .unwrap();
     let mut raw = Raw::connect(&src);
     let mut credits = u64::from(raw.hello(""));
-    raw.notify(1, "one", 0);
+    raw.notify(1, "one", u64::MAX);
     credits -= 1;
     // no sink running: outputs pile up to the 10 kB bound, then credits stop
     let mut id = 0u64;
@@ -312,7 +319,7 @@ fn final_ack_after_eos_reaches_a_half_closed_connector() {
     let f = fixture(1000);
     let mut raw = Raw::connect(&f.src);
     raw.hello("");
-    raw.notify(8, "eight", 0);
+    raw.notify(8, "eight", u64::MAX);
     f.sink.ack.store(false, Ordering::SeqCst);
     raw.send_all(&[msg(8, 10, b"", b"a"), msg(8, 20, b"", b"b")]);
     raw.send(&Frame::Eos { stream_id: 8 });

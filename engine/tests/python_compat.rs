@@ -1,6 +1,7 @@
 //! Wallaroo's Python source client (emulated with the stdlib in `wallaroo_client.py`)
 //! works against the engine unchanged: byte-offset ids, key = stream name, exact-id ACKs,
-//! u64::MAX for unknown streams, ACK after EOS, resume after a dropped connection.
+//! OK with v3's (empty) stream and source lists, 0 ("the start") for streams never seen, ACK
+//! after EOS, resume after a dropped connection.
 
 mod common;
 

@@ -76,7 +76,7 @@ fn ack_waits_for_the_checkpoint_and_state_survives_a_restart() {
     let e = start(dir.path(), &sink, Duration::from_secs(3600));
     let mut s = Raw::connect(&dir.path().join("src.sock"));
     s.hello("");
-    assert_eq!(s.notify(3, "three", 0), (true, u64::MAX));
+    assert_eq!(s.notify(3, "three", u64::MAX), (true, u64::MAX));
     s.send_all(&[msg(3, 1, b"", b"k=a"), msg(3, 2, b"", b"k=b")]);
     sink.wait_count(2, T);
     let deadline = std::time::Instant::now() + Duration::from_millis(500);
@@ -92,7 +92,7 @@ fn ack_waits_for_the_checkpoint_and_state_survives_a_restart() {
     let e = start(dir.path(), &sink, Duration::from_millis(50));
     let mut s = Raw::connect(&dir.path().join("src.sock"));
     s.hello("");
-    assert_eq!(s.notify(3, "three", 0), (true, u64::MAX));
+    assert_eq!(s.notify(3, "three", u64::MAX), (true, u64::MAX));
     s.send_all(&[
         msg(3, 1, b"", b"k=a"),
         msg(3, 2, b"", b"k=b"),
@@ -112,7 +112,7 @@ fn ack_waits_for_the_checkpoint_and_state_survives_a_restart() {
     let e = start(dir.path(), &sink, Duration::from_millis(50));
     let mut s = Raw::connect(&dir.path().join("src.sock"));
     s.hello("");
-    assert_eq!(s.notify(3, "three", 0), (true, 4));
+    assert_eq!(s.notify(3, "three", u64::MAX), (true, 4));
     // a replay of 3..4 is dropped, 5 continues the counts
     s.send_all(&[
         msg(3, 3, b"", b"garbage"),
@@ -140,7 +140,7 @@ fn unusable_snapshots_are_reported_and_refused() {
     let e = start(dir.path(), &sink, Duration::from_millis(20));
     let mut s = Raw::connect(&dir.path().join("src.sock"));
     s.hello("");
-    s.notify(3, "three", 0);
+    s.notify(3, "three", u64::MAX);
     for i in 1..=3 {
         s.send(&msg(3, i, b"", b"k=z"));
         s.wait_ack(3, i, T);
@@ -161,7 +161,7 @@ fn unusable_snapshots_are_reported_and_refused() {
     let e = start(dir.path(), &sink, Duration::from_millis(20));
     let mut s = Raw::connect(&dir.path().join("src.sock"));
     s.hello("");
-    assert_eq!(s.notify(3, "three", 0), (true, 2));
+    assert_eq!(s.notify(3, "three", u64::MAX), (true, 2));
     drop(s);
     e.stop().unwrap();
     // corrupt every snapshot: the engine refuses to start with an empty state
@@ -203,7 +203,7 @@ fn outputs_unacknowledged_at_the_checkpoint_are_resent_after_a_crash() {
     let e = start(dir.path(), &sink, Duration::from_millis(30));
     let mut s = Raw::connect(&dir.path().join("src.sock"));
     s.hello("");
-    s.notify(4, "four", 0);
+    s.notify(4, "four", u64::MAX);
     s.send_all(&[msg(4, 1, b"", b"k=a"), msg(4, 2, b"", b"k=b")]);
     sink.wait_count(2, T);
     // let checkpoints take the state, the points and the unacknowledged outputs
@@ -217,7 +217,7 @@ fn outputs_unacknowledged_at_the_checkpoint_are_resent_after_a_crash() {
     assert_eq!(outputs(&sink), ["a=1", "b=1", "a=1", "b=1"]);
     let mut s = Raw::connect(&dir.path().join("src.sock"));
     s.hello("");
-    assert_eq!(s.notify(4, "four", 0), (true, 2));
+    assert_eq!(s.notify(4, "four", u64::MAX), (true, 2));
     s.send(&msg(4, 3, b"", b"k=a"));
     s.wait_ack(4, 3, T);
     e.stop().unwrap();

@@ -6,8 +6,12 @@ What it does, as Wallaroo's client does:
 - HELLO costs no credit; NOTIFY and MESSAGE cost one each; EOS costs none.
 - message ids are byte offsets: the offset just after each record in its stream's "file".
 - the MESSAGE key is the stream name on every message.
-- NOTIFY_ACK point u64::MAX means "nothing processed": start from offset 0; otherwise resume
-  after that offset.
+- OK is read as protocol v3 lays it out: credits, then a credit_list and a source_list, each a
+  u32 count and its entries (Wallaroo's `Ok.decode` fails on an OK without them).
+- NOTIFY carries the stream's current position (its byte offset: 0 at the start), and the
+  client seeks to the NOTIFY_ACK point whenever it differs from that position
+  (`MultiSourceConnector.stream_added` -> `FramedFileReader.reset`): 0 is the start, anything
+  else must be a record boundary. u64::MAX cannot be seeked to: fatal, as in Wallaroo.
 - an ACK pair carrying u64::MAX, going backwards, going past the last id sent, or naming an id
   that was never sent is fatal.
 - after EOS it waits for an ACK whose point equals its last message id.
@@ -97,7 +101,19 @@ class Client:
         tag, body = self.read_frame()
         if tag != OK:
             fatal("expected OK, got tag %d %r" % (tag, body))
-        (self.credits,) = struct.unpack(">I", body)
+        self.credits, n_streams = struct.unpack(">II", body[:8])
+        rest = body[8:]
+        for _ in range(n_streams):
+            (name_len,) = struct.unpack(">H", rest[8:10])
+            rest = rest[10 + name_len + 8:]
+        (n_sources,) = struct.unpack(">I", rest[:4])
+        rest = rest[4:]
+        for _ in range(n_sources):
+            for _ in range(2):
+                (n,) = struct.unpack(">H", rest[:2])
+                rest = rest[2 + n:]
+        if rest:
+            fatal("OK has %d bytes after its lists" % len(rest))
 
     def handle(self, tag, body, streams):
         if tag == ACK:
@@ -130,9 +146,9 @@ class Client:
             tag, body = self.read_frame()
             self.handle(tag, body, streams)
 
-    def notify(self, s, streams):
+    def notify(self, s, position, streams):
         self.wait_credit(streams)
-        self.send(frame(NOTIFY, struct.pack(">Q", s.id) + short(s.name.encode()) + struct.pack(">Q", 0)))
+        self.send(frame(NOTIFY, struct.pack(">Q", s.id) + short(s.name.encode()) + struct.pack(">Q", position)))
         self.credits -= 1
         while True:
             tag, body = self.read_frame()
@@ -177,6 +193,8 @@ class Client:
 
 def resume_index(s, point):
     if point == U64_MAX:
+        fatal("NOTIFY_ACK point u64::MAX for %s: cannot seek there" % s.name)
+    if point == 0:
         return 0
     if point not in s.offsets:
         fatal("NOTIFY_ACK point %d is not a record boundary of %s" % (point, s.name))
@@ -194,9 +212,9 @@ def main():
     c = Client(host, port)
     c.hello()
     for s in streams.values():
-        p = c.notify(s, streams)
-        if p != U64_MAX:
-            fatal("NOTIFY_ACK for a stream never seen must be u64::MAX, got %d" % p)
+        p = c.notify(s, 0, streams)
+        if p != 0:
+            fatal("NOTIFY_ACK for a stream never seen must be 0 (the start), got %d" % p)
     for s in streams.values():
         c.send_records(s, 0, nrec // 2, streams)
     c.sock.close()
@@ -209,9 +227,10 @@ def main():
         s.last_ack = None
         s.sent_ids = set()
         s.last_sent = None
-        p = c.notify(s, streams)
+        # The position reached in phase 1: the engine's answer says where to go back to.
+        p = c.notify(s, s.offsets[nrec // 2 - 1], streams)
         start = resume_index(s, p)
-        if p != U64_MAX:
+        if p != 0:
             s.last_ack = p
         c.send_records(s, start, nrec, streams)
     for s in streams.values():
@@ -229,7 +248,7 @@ def main():
     c = Client(host, port)
     c.hello()
     for s in streams.values():
-        p = c.notify(s, streams)
+        p = c.notify(s, s.offsets[-1], streams)
         if p != s.offsets[-1]:
             fatal("resume point %d != last id %d for %s" % (p, s.offsets[-1], s.name))
     c.sock.close()

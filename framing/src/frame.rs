@@ -83,6 +83,11 @@ pub enum Frame {
     /// See [`Hello`].
     Hello(Hello),
     /// Handshake accepted; carries the initial credits.
+    ///
+    /// Encoded as Wallaroo's connector protocol v3 lays it out: the credits, then its
+    /// `credit_list` and `source_list`, both empty (`u32` count 0 each): Wallaroo's Python
+    /// client reads both lists. Decoding accepts that form (the lists' entries are checked
+    /// and skipped) and the credits alone.
     Ok {
         /// Credits granted to the data sender.
         initial_credits: u32,
@@ -179,7 +184,11 @@ impl Frame {
                 put_short(dst, "program_name", h.program_name.as_bytes())?;
                 put_short(dst, "instance_name", h.instance_name.as_bytes())?;
             }
-            Frame::Ok { initial_credits } => dst.put_u32(*initial_credits),
+            Frame::Ok { initial_credits } => {
+                dst.put_u32(*initial_credits);
+                dst.put_u32(0); // credit_list: none
+                dst.put_u32(0); // source_list: none
+            }
             Frame::Error { message } => {
                 let mut end = message.len().min(u16::MAX as usize);
                 while !message.is_char_boundary(end) {
@@ -243,9 +252,13 @@ impl Frame {
                 program_name: r.string("program_name")?,
                 instance_name: r.string("instance_name")?,
             }),
-            Tag::Ok => Frame::Ok {
-                initial_credits: r.u32("initial_credits")?,
-            },
+            Tag::Ok => {
+                let initial_credits = r.u32("initial_credits")?;
+                if !r.buf.is_empty() {
+                    skip_wallaroo_ok_lists(&mut r)?;
+                }
+                Frame::Ok { initial_credits }
+            }
             Tag::Error => Frame::Error {
                 message: String::from_utf8_lossy(&r.short("message")?).into_owned(),
             },
@@ -361,6 +374,23 @@ fn tag_name(tag: Tag) -> &'static str {
         Tag::Restart => "RESTART",
         Tag::Eos => "EOS",
     }
+}
+
+/// Checks and skips the `credit_list` (stream id, name, point of reference) and
+/// `source_list` (name, address) that follow the credits in a Wallaroo v3 OK.
+fn skip_wallaroo_ok_lists(r: &mut Reader) -> Result<(), FrameError> {
+    let streams = r.u32("credit_list")?;
+    for _ in 0..streams {
+        r.u64("credit_list stream_id")?;
+        r.short("credit_list stream_name")?;
+        r.u64("credit_list point_of_ref")?;
+    }
+    let sources = r.u32("source_list")?;
+    for _ in 0..sources {
+        r.short("source_list name")?;
+        r.short("source_list address")?;
+    }
+    Ok(())
 }
 
 /// Bounds-checked field reader over a frame body.

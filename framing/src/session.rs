@@ -28,7 +28,9 @@ impl Hasher for StreamIdHasher {
 /// A map keyed by stream id (or another u64 id) with the cheap [`StreamIdHasher`].
 pub type StreamMap<V> = HashMap<u64, V, BuildHasherDefault<StreamIdHasher>>;
 
-/// The `point_of_ref` that means "nothing processed yet" in NOTIFY_ACK.
+/// The `point_of_ref` that means "nothing processed yet" in NOTIFY_ACK, and "no point" in a
+/// NOTIFY (the engine then answers it for a stream it processed nothing of; a NOTIFY with
+/// any other point gets 0, as Wallaroo answered: see the engine's `AckTracker::notify`).
 pub const NOTHING_PROCESSED: u64 = u64::MAX;
 
 /// Checks a received HELLO against the expected version and cookie.

@@ -6,9 +6,15 @@ use framing::{Frame, FrameError, Hello, Message, PlainCodec, ProtocolCodec};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 
+/// Bytes from hex digits; whitespace anywhere is ignored.
 fn hex(s: &str) -> Vec<u8> {
-    s.split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).expect("test vector is hex"))
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    digits
+        .chunks(2)
+        .map(|d| {
+            let pair = std::str::from_utf8(d).expect("ascii");
+            u8::from_str_radix(pair, 16).expect("test vector is hex")
+        })
         .collect()
 }
 
@@ -127,6 +133,39 @@ fn trailing_bytes_after_fixed_frame_are_errors() {
             frame: "EOS",
             extra: 1
         })
+    ));
+}
+
+#[test]
+fn ok_is_encoded_in_wallaroo_v3_layout_with_empty_lists() {
+    let mut buf = BytesMut::new();
+    Frame::Ok {
+        initial_credits: 10,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    // length 13 = tag + credits + empty credit_list + empty source_list
+    assert_eq!(&buf[..], &hex("0000000d 01 0000000a 00000000 00000000")[..]);
+}
+
+#[test]
+fn ok_is_decoded_with_or_without_wallaroo_lists() {
+    let decode = |bytes: Vec<u8>| ProtocolCodec::default().decode(&mut BytesMut::from(&bytes[..]));
+    // Credits alone.
+    assert_eq!(
+        decode(hex("00000005 01 00000007")).unwrap(),
+        Some(Frame::Ok { initial_credits: 7 })
+    );
+    // Wallaroo v3: one credit_list entry (id 1, name "s", point 9), one source (a, b:1).
+    let v3 = hex(
+        "00000028 01 00000007 00000001 0000000000000001 0001 73 0000000000000009 \
+         00000001 0001 61 0003 623a31",
+    );
+    assert_eq!(decode(v3).unwrap(), Some(Frame::Ok { initial_credits: 7 }));
+    // A list announcing more entries than the frame carries.
+    assert!(matches!(
+        decode(hex("0000000d 01 00000007 00000005 00000000")),
+        Err(FrameError::Truncated { frame: "OK", .. })
     ));
 }
 

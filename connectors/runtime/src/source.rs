@@ -770,7 +770,9 @@ impl EngineLink {
         Frame::Notify {
             stream_id: id,
             stream_name: name.to_string(),
-            point_of_ref: hint.unwrap_or(0),
+            // No hint: u64::MAX, so that the engine answers u64::MAX ("nothing processed")
+            // for a stream it never saw, not 0 (which Wallaroo-style clients get).
+            point_of_ref: hint.unwrap_or(NOTHING_PROCESSED),
         }
         .encode(&mut self.buf)
         .map_err(|e| LinkError::Fatal(e.into()))?;

@@ -92,7 +92,7 @@ async fn source_replays_unacknowledged_messages_after_reconnect() {
             stream_name,
             point_of_ref,
         } => {
-            assert_eq!(point_of_ref, 0);
+            assert_eq!(point_of_ref, u64::MAX, "no resume hint: u64::MAX");
             (stream_id, stream_name)
         }
         other => panic!("expected NOTIFY, got {other:?}"),
