@@ -226,7 +226,8 @@ pub struct CommonOptions {
     pub stats_interval: u64,
     /// Validate and exit.
     pub check: bool,
-    /// Where permanently refused messages go (sinks).
+    /// Where permanently refused messages (sinks) and records the protocol cannot carry
+    /// (sources) go.
     pub dead_letter: Option<PathBuf>,
     /// Largest accepted frame.
     pub max_frame: usize,
@@ -544,12 +545,19 @@ fn command(spec: &ConnectorSpec, connector: &str) -> Command {
                 .help("Validate the configuration, try the engine and the external system, print one line per check, exit 0 only if all pass"),
         );
     cmd = match spec.direction {
-        Direction::Source => cmd.arg(
-            Arg::new("to")
-                .long("to")
-                .value_name("engine|stdout")
-                .help("Send messages to the engine (default) or to standard output"),
-        ),
+        Direction::Source => cmd
+            .arg(
+                Arg::new("to")
+                    .long("to")
+                    .value_name("engine|stdout")
+                    .help("Send messages to the engine (default) or to standard output"),
+            )
+            .arg(
+                Arg::new("dead-letter")
+                    .long("dead-letter")
+                    .value_name("DIR")
+                    .help("Write records the protocol cannot carry (key over 65535 bytes, frame over --max-frame-bytes) here and go on; without it such a record stops the source"),
+            ),
         Direction::Sink => cmd
             .arg(
                 Arg::new("from")

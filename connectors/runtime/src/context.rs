@@ -63,7 +63,14 @@ impl Context {
         self.metrics.error("refused");
         match &self.dead_letters {
             Some(d) => {
-                d.write(msg, reason).await?;
+                d.write(
+                    msg.stream_id,
+                    msg.message_id,
+                    &msg.key,
+                    &msg.payload,
+                    reason,
+                )
+                .await?;
                 self.metrics.dead_letters.inc();
                 tracing::warn!(
                     "message {} (key {:?}) refused: {reason}; written to the dead-letter directory",
@@ -78,6 +85,11 @@ impl Context {
                 String::from_utf8_lossy(&msg.key)
             ),
         }
+    }
+
+    /// The dead-letter directory, when configured (handed to the [`crate::Source`]).
+    pub(crate) fn dead_letters(&self) -> Option<DeadLetters> {
+        self.dead_letters.clone()
     }
 
     /// Whether a dead-letter directory is configured.

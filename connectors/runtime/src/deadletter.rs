@@ -1,5 +1,6 @@
 //! `--dead-letter DIR`: where a sink puts messages the external system permanently refuses,
-//! so one poison message cannot stall a pipeline.
+//! and a source the records the protocol cannot carry (a key over 65,535 bytes, a record over
+//! the frame limit), so one poison message cannot stall a pipeline.
 //!
 //! Two files per connector: `NAME.frames` (each payload as a plain length-prefixed frame)
 //! and `NAME.jsonl` (one JSON object per message: connector, stream, message id, key, reason,
@@ -10,8 +11,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use tokio::fs::OpenOptions;
 use tokio::io::AsyncWriteExt;
-
-use crate::sink::SinkMessage;
 
 /// Appends refused messages to the dead-letter directory.
 #[derive(Debug, Clone)]
@@ -33,8 +32,16 @@ impl DeadLetters {
         })
     }
 
-    /// Writes one message and its reason, synced to disk before returning.
-    pub async fn write(&self, msg: &SinkMessage, reason: &str) -> Result<()> {
+    /// Writes one message (its stream, id, key and payload) and its reason, synced to disk
+    /// before returning.
+    pub async fn write(
+        &self,
+        stream_id: u64,
+        message_id: u64,
+        key: &[u8],
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<()> {
         let mut frames = OpenOptions::new()
             .create(true)
             .append(true)
@@ -42,19 +49,19 @@ impl DeadLetters {
             .await
             .with_context(|| format!("cannot open {}", self.frames.display()))?;
         let offset = frames.metadata().await?.len();
-        let mut buf = Vec::with_capacity(msg.payload.len() + 4);
-        buf.extend_from_slice(&(msg.payload.len() as u32).to_be_bytes());
-        buf.extend_from_slice(&msg.payload);
+        let mut buf = Vec::with_capacity(payload.len() + 4);
+        buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        buf.extend_from_slice(payload);
         frames.write_all(&buf).await?;
         frames.sync_data().await?;
         let line = serde_json::json!({
             "connector": self.connector,
-            "stream_id": msg.stream_id,
-            "message_id": msg.message_id,
-            "key": String::from_utf8_lossy(&msg.key),
+            "stream_id": stream_id,
+            "message_id": message_id,
+            "key": String::from_utf8_lossy(key),
             "reason": reason,
             "frame_offset": offset,
-            "payload_bytes": msg.payload.len(),
+            "payload_bytes": payload.len(),
         });
         let mut index = OpenOptions::new()
             .create(true)

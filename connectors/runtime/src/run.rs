@@ -99,7 +99,7 @@ impl ConnectorBuilder<Source> {
             },
             check,
             |ctx| async move {
-                let source = match ctx.options.output {
+                let mut source = match ctx.options.output {
                     Output::Stdout => Source::stdout(ctx.options.format, ctx.metrics.clone()),
                     Output::Engine => {
                         let endpoint = engine_endpoint(&ctx)?;
@@ -123,6 +123,7 @@ impl ConnectorBuilder<Source> {
                         .await?
                     }
                 };
+                source.set_dead_letters(ctx.dead_letters());
                 body(ctx, source).await
             },
         )

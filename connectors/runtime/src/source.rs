@@ -31,6 +31,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::deadletter::DeadLetters;
 use crate::format::Format;
 use crate::metrics::ConnectorMetrics;
 use crate::transport::{self, BoxRead, BoxWrite};
@@ -127,6 +128,8 @@ pub struct Source {
     inner: Inner,
     acks: Arc<AckBoard>,
     metrics: ConnectorMetrics,
+    /// Where records the protocol cannot carry go (`--dead-letter DIR`).
+    dead_letters: Option<DeadLetters>,
 }
 
 enum Inner {
@@ -164,6 +167,7 @@ impl Source {
             inner: Inner::Engine(Box::new(link)),
             acks,
             metrics,
+            dead_letters: None,
         })
     }
 
@@ -180,7 +184,13 @@ impl Source {
             }),
             acks: Arc::new(AckBoard::default()),
             metrics,
+            dead_letters: None,
         }
+    }
+
+    /// Sets records the engine cannot be sent aside in `dead_letters` instead of failing.
+    pub(crate) fn set_dead_letters(&mut self, dead_letters: Option<DeadLetters>) {
+        self.dead_letters = dead_letters;
     }
 
     /// The acknowledgement handle (clone it once, before the main loop).
@@ -228,6 +238,13 @@ impl Source {
         key: &[u8],
         payload: &[u8],
     ) -> Result<()> {
+        if let Inner::Engine(l) = &self.inner {
+            if let Some(reason) = unsendable(key.len(), payload.len(), l.max_frame) {
+                return self
+                    .set_aside(stream_id, message_id, key, payload, &reason)
+                    .await;
+            }
+        }
         self.metrics.messages_out.inc();
         self.metrics.bytes_out.add(payload.len() as u64);
         match &mut self.inner {
@@ -250,6 +267,37 @@ impl Source {
                 r
             }
         }
+    }
+
+    /// A record the protocol cannot carry: into the dead-letter directory when there is one
+    /// (the stream goes on past it), else an error naming it and the way out. What was
+    /// written before it is sent first either way.
+    async fn set_aside(
+        &mut self,
+        stream_id: u64,
+        message_id: u64,
+        key: &[u8],
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<()> {
+        self.metrics.error("refused");
+        let stream = match &self.inner {
+            Inner::Engine(l) => l.streams.get(&stream_id).map(|s| s.name.clone()),
+            Inner::Stdout(_) => None,
+        }
+        .unwrap_or_else(|| stream_id.to_string());
+        self.flush().await?;
+        let Some(d) = &self.dead_letters else {
+            bail!(
+                "message {message_id} of stream `{stream}` cannot be sent to the engine: {reason}; pass --dead-letter DIR to set such records aside and go on"
+            );
+        };
+        d.write(stream_id, message_id, key, payload, reason).await?;
+        self.metrics.dead_letters.inc();
+        tracing::warn!(
+            "message {message_id} of stream `{stream}` set aside in the dead-letter directory: {reason}"
+        );
+        Ok(())
     }
 
     /// Sends everything buffered.
@@ -364,6 +412,24 @@ impl StdoutLink {
         metrics.in_flight.set(0);
         Ok(())
     }
+}
+
+/// Why a record cannot travel in a MESSAGE frame, if it cannot: its key is longer than a
+/// `short_bytes` field holds, or the frame would pass the frame limit (`max_frame`, the
+/// length field's value) that the engine enforces.
+fn unsendable(key: usize, payload: usize, max_frame: usize) -> Option<String> {
+    const MESSAGE_HEADER: usize = 1 + 8 + 8 + 8 + 2;
+    if key > usize::from(u16::MAX) {
+        return Some(format!(
+            "its key is {key} bytes; the protocol carries keys of up to 65535 bytes"
+        ));
+    }
+    let frame = MESSAGE_HEADER + key + payload;
+    (frame > max_frame).then(|| {
+        format!(
+            "its frame would be {frame} bytes, over the {max_frame}-byte limit; raise --max-frame-bytes (or max_frame_bytes in the application module) for the engine and this connector"
+        )
+    })
 }
 
 /// Ids sent to the engine and not yet acknowledged, per stream. The reader task counts
@@ -1039,4 +1105,18 @@ async fn read_loop(
     };
     let _ = control.send(Control::Lost(why));
     wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unsendable;
+
+    #[test]
+    fn keys_over_a_short_bytes_field_and_frames_over_the_limit_are_unsendable() {
+        assert_eq!(unsendable(65_535, 10, 1 << 24), None);
+        assert!(unsendable(65_536, 10, 1 << 24).is_some_and(|r| r.contains("65535")));
+        // MESSAGE body: tag, stream id, message id, event time, key length, key, payload.
+        assert_eq!(unsendable(3, 100 - 27 - 3, 100), None);
+        assert!(unsendable(3, 100 - 27 - 2, 100).is_some_and(|r| r.contains("101 bytes")));
+    }
 }

@@ -275,3 +275,73 @@ fn udp_sink_dead_letters_an_oversize_payload_and_the_rest_flows_on() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_source_sets_aside_a_record_the_protocol_cannot_carry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_port, sink_port) = (free_port(), free_port());
+    let app = AppFile::new("unsendable")
+        .source("in", src_port, "")
+        .sink("out", sink_port, "")
+        .pipeline("in", &["out"])
+        .write(dir.path());
+    let huge_key = "k".repeat(70_000);
+    let input = format!("a\tone\n{huge_key}\ttwo\nb\tthree\n");
+    std::fs::write(dir.path().join("in.kv"), &input).unwrap();
+    let sink = start_connector(
+        dir.path(),
+        "stdout_sink",
+        &app,
+        "out",
+        &["--format".into(), "kv".into()],
+    );
+    let _engine = start_engine(dir.path(), "engine", &app, &[], &[src_port]);
+    let source = |stream: &str, extra: &str| {
+        bash(
+            dir.path(),
+            &format!(
+                r#""$STDIN_SOURCE" --application-module app.toml --connector in --in-stream {stream} \
+                    --format kv --stats-interval 0 {extra} < in.kv"#
+            ),
+        )
+    };
+
+    // Without --dead-letter: a clear error naming the record, after what came before it.
+    let out = source("first", "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("message 2 of stream `first`")
+            && stderr.contains("65535")
+            && stderr.contains("--dead-letter DIR"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            String::from_utf8_lossy(&sink.stdout()).contains("a\tone\n")
+        }),
+        "the record before it was not delivered: {}",
+        sink.stderr()
+    );
+
+    // With --dead-letter: set aside, and the stream goes on past it.
+    let out = source("second", "--dead-letter dead");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            String::from_utf8_lossy(&sink.stdout()).contains("b\tthree\n")
+        }),
+        "{}",
+        sink.stderr()
+    );
+    let index = json_lines(&dir.path().join("dead/in.jsonl"));
+    assert_eq!(index.len(), 1, "{index:?}");
+    assert_eq!(index[0]["message_id"], 2);
+    assert!(index[0]["reason"].as_str().unwrap().contains("65535"));
+    assert_eq!(
+        std::fs::read(dir.path().join("dead/in.frames")).unwrap(),
+        frames(&[b"two".to_vec()])
+    );
+    assert!(!String::from_utf8_lossy(&sink.stdout()).contains("two"));
+}
