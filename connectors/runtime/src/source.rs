@@ -573,7 +573,7 @@ impl EngineLink {
         if !first {
             self.metrics.error("engine_connection");
         }
-        self.conn = None;
+        self.drop_conn();
         let mut backoff = Backoff::default();
         loop {
             if self.shutdown.is_cancelled() {
@@ -609,7 +609,7 @@ impl EngineLink {
                 Err(LinkError::Fatal(e)) => return Err(e),
                 Err(LinkError::Lost(why)) => {
                     tracing::warn!("lost the engine connection while resuming streams: {why}");
-                    self.conn = None;
+                    self.drop_conn();
                     backoff.wait().await;
                 }
             }
@@ -809,6 +809,13 @@ impl EngineLink {
     }
 
     /// Drops acknowledged frames from the replay buffers.
+    /// Forgets the connection, keeping what it acknowledged: ACKs that arrived while the
+    /// connector was idle are applied first, so they are not replayed to the next engine.
+    fn drop_conn(&mut self) {
+        self.prune();
+        self.conn = None;
+    }
+
     fn prune(&mut self) {
         let Some(conn) = &self.conn else { return };
         let acked: Vec<(u64, u64)> = {

@@ -163,6 +163,94 @@ async fn source_replays_unacknowledged_messages_after_reconnect() {
     client.await.unwrap();
 }
 
+/// Accepts a source connection as an engine that knows nothing of its stream (e.g. one
+/// restarted in memory): OK, then NOTIFY_ACK "nothing processed". Returns the framed
+/// connection, the stream id and the point the NOTIFY carried.
+async fn accept_fresh(listener: &TcpListener) -> (Framed<TcpStream, ProtocolCodec>, u64, u64) {
+    let (sock, _) = listener.accept().await.unwrap();
+    let mut f = Framed::new(sock, ProtocolCodec::default());
+    assert!(matches!(next(&mut f).await, Frame::Hello(_)));
+    f.send(Frame::Ok {
+        initial_credits: 100,
+    })
+    .await
+    .unwrap();
+    let (sid, point) = match next(&mut f).await {
+        Frame::Notify {
+            stream_id,
+            point_of_ref,
+            ..
+        } => (stream_id, point_of_ref),
+        other => panic!("expected NOTIFY, got {other:?}"),
+    };
+    f.send(Frame::NotifyAck {
+        success: true,
+        stream_id: sid,
+        point_of_ref: NOTHING_PROCESSED,
+    })
+    .await
+    .unwrap();
+    (f, sid, point)
+}
+
+#[tokio::test]
+async fn acknowledgements_received_while_idle_are_not_replayed_after_a_reconnect() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let endpoint = Endpoint::Tcp {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let client = tokio::spawn(async move {
+        let mut source = Source::connect_engine(
+            endpoint,
+            hello(""),
+            1 << 20,
+            ConnectorMetrics::new("t", "t"),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let s = source.notify("idle", None).await.unwrap();
+        for id in 1..=3u64 {
+            source.write(s.id, id, b"", b"x").await.unwrap();
+        }
+        source.flush().await.unwrap();
+        // Idle (no upstream data) while the ACK arrives and the engine goes away.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        source.write(s.id, 4, b"", b"y").await.unwrap();
+        source.flush().await.unwrap();
+        source.drain(Duration::from_secs(10)).await.unwrap()
+    });
+    let (mut f, sid, _) = accept_fresh(&listener).await;
+    for want in 1..=3u64 {
+        assert_eq!(msg_id(&next(&mut f).await), want);
+    }
+    f.send(Frame::Ack {
+        credits: 0,
+        acks: vec![(sid, 3)],
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(f);
+
+    let (mut f, _, point) = accept_fresh(&listener).await;
+    assert_eq!(point, 3, "the new NOTIFY carries what was acknowledged");
+    assert_eq!(
+        msg_id(&next(&mut f).await),
+        4,
+        "messages 1..=3 were acknowledged: not sent again"
+    );
+    f.send(Frame::Ack {
+        credits: 0,
+        acks: vec![(sid, 4)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(client.await.unwrap(), 0);
+}
+
 #[tokio::test]
 async fn source_stops_on_credits_and_resumes_on_grant() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
