@@ -47,7 +47,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use connector_runtime::{Check, Context, Params};
+use connector_runtime::source::ShuttingDown;
+use connector_runtime::{Backoff, Check, Context, Params};
 use tokio_postgres::{Config, Statement};
 
 use crate::pg::{self, classify, describe, quote_ident, quote_literal, ErrorClass, PgConn};
@@ -99,6 +100,13 @@ impl SourceConfig {
             c => Payload::Column(c.to_string()),
         };
         let max_gap: u64 = p.parse_or("max_gap_wait_ms", 0)?;
+        let channel = p.get("channel").unwrap_or("postgres_source").to_string();
+        if channel.is_empty() || channel.len() > MAX_IDENTIFIER {
+            bail!(
+                "channel `{channel}` is {} bytes: PostgreSQL channel names are 1 to {MAX_IDENTIFIER} bytes (pg_notify refuses longer ones, and so would every INSERT through the trigger)",
+                channel.len()
+            );
+        }
         Ok(SourceConfig {
             table: p.required("table")?.to_string(),
             id_column: p.get("id_column").unwrap_or("id").to_string(),
@@ -107,7 +115,7 @@ impl SourceConfig {
                 .get("key_column")
                 .filter(|s| !s.is_empty())
                 .map(String::from),
-            channel: p.get("channel").unwrap_or("postgres_source").to_string(),
+            channel,
             install_trigger: p.flag("install_trigger")?,
             poll: Duration::from_millis(p.parse_or("poll_ms", 1000u64)?.max(1)),
             batch_size,
@@ -119,6 +127,9 @@ impl SourceConfig {
         })
     }
 }
+
+/// The longest identifier (and NOTIFY channel name) PostgreSQL takes, in bytes.
+const MAX_IDENTIFIER: usize = 63;
 
 /// One row read: id, key, payload.
 #[derive(Debug, Clone)]
@@ -281,6 +292,8 @@ pub struct Reader {
     gate: GapGate,
     gap_delay: Duration,
     last_lag: Option<Instant>,
+    /// Spaces out reconnects after failed reads, so a read that keeps failing never spins.
+    retry: Backoff,
 }
 
 impl Reader {
@@ -301,6 +314,7 @@ impl Reader {
             gate: GapGate::default(),
             gap_delay: Duration::from_millis(5),
             last_lag: None,
+            retry: Backoff::default(),
         })
     }
 
@@ -314,7 +328,12 @@ impl Reader {
         self.retry_trigger().await;
         loop {
             match self.try_batch(pos).await {
-                Ok(b) => return Ok(b),
+                Ok(b) => {
+                    if self.retry.attempts() > 0 {
+                        self.retry.reset();
+                    }
+                    return Ok(b);
+                }
                 Err(e) => self.on_error(e, "reading").await?,
             }
         }
@@ -499,6 +518,10 @@ impl Reader {
             self.prepared.table.name,
             describe(&e)
         );
+        tokio::select! {
+            _ = self.retry.wait() => {}
+            _ = self.ctx.shutdown.cancelled() => return Err(ShuttingDown.into()),
+        }
         loop {
             self.pg = pg::connect(&self.config, &self.ctx, true).await?;
             match setup(&self.pg, &self.cfg, false).await {
@@ -559,6 +582,7 @@ async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Prepared>
     let mut trigger = None;
     if first {
         check_id_source(c, &table, id.num, &id.ident()).await;
+        refuse_non_positive_ids(c, &table, &id.ident()).await?;
         if cfg.install_trigger {
             trigger = Some(ensure_trigger(c, &table, &cfg.channel).await?);
         } else if !trigger_present(c, &table, &cfg.channel).await? {
@@ -575,7 +599,7 @@ async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Prepared>
     let select = c
         .prepare(&format!(
             "SELECT _src.{id}::int8, {key_sql}, {payload_sql} FROM {t} AS _src \
-             WHERE _src.{id} > $1 ORDER BY _src.{id} LIMIT $2",
+             WHERE _src.{id} > $1::int8 ORDER BY _src.{id} LIMIT $2::int8",
             id = id.ident(),
             t = table.name
         ))
@@ -638,7 +662,7 @@ async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Prepared>
 async fn check_id_source(c: &tokio_postgres::Client, table: &TableInfo, attnum: i16, col: &str) {
     let r = c
         .query_opt(
-            "SELECT s.seqcache FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid \
+            "SELECT s.seqcache, s.seqmin FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid \
              WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
              AND d.refobjid = $1 AND d.refobjsubid = $2 AND d.deptype IN ('a', 'i') LIMIT 1",
             &[&table.oid, &(attnum as i32)],
@@ -647,6 +671,13 @@ async fn check_id_source(c: &tokio_postgres::Client, table: &TableInfo, attnum: 
     match r {
         Ok(Some(row)) => {
             let cache: i64 = row.get(0);
+            let min: i64 = row.get(1);
+            if min <= 0 {
+                tracing::warn!(
+                    "the sequence of {}.{col} may hand out ids down to {min}: rows with ids of 0 or less are never read; ALTER SEQUENCE ... MINVALUE 1",
+                    table.name
+                );
+            }
             if cache > 1 {
                 tracing::warn!(
                     "the sequence of {}.{col} has CACHE {cache}: sessions hand out ids from their own blocks, out of time order, and rows may be skipped; ALTER SEQUENCE ... CACHE 1",
@@ -660,6 +691,28 @@ async fn check_id_source(c: &tokio_postgres::Client, table: &TableInfo, attnum: 
         ),
         Err(e) => tracing::debug!("cannot inspect the id sequence: {}", describe(&e)),
     }
+}
+
+/// Message ids are unsigned and the reader starts above 0: rows with an id of 0 or less
+/// would never be sent, so their presence stops the source with the reason.
+async fn refuse_non_positive_ids(
+    c: &tokio_postgres::Client,
+    table: &TableInfo,
+    col: &str,
+) -> Result<()> {
+    let sql = format!("SELECT count(*) FROM {} WHERE {col} <= 0", table.name);
+    let n: i64 = c
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| anyhow!("cannot read {}: {}", table.name, describe(&e)))?
+        .get(0);
+    if n > 0 {
+        bail!(
+            "{n} row(s) of {} have {col} <= 0; postgres_source reads ids from 1 up (they become unsigned message ids): renumber them, or point id_column at a column whose values start at 1",
+            table.name
+        );
+    }
+    Ok(())
 }
 
 fn trigger_name(channel: &str) -> String {
@@ -778,10 +831,11 @@ pub async fn check(config: &Config, cfg: &SourceConfig) -> Vec<Check> {
             let present = trigger_present(&pg.client, &t, &cfg.channel).await;
             checks.push(match present {
                 Ok(true) => Check::ok(format!("trigger notifies channel `{}`", cfg.channel)),
-                Ok(false) => Check::fail(
-                    format!("trigger notifies channel `{}`", cfg.channel),
-                    "none: set install_trigger=true, or rows are seen only every poll_ms",
-                ),
+                // Not a failure: without the trigger the source reads every poll_ms.
+                Ok(false) => Check::ok(format!(
+                    "no trigger notifies channel `{}`: rows are read every poll_ms (install_trigger=true creates one)",
+                    cfg.channel
+                )),
                 Err(e) => Check::fail("trigger lookup", format!("{e:#}")),
             });
         }

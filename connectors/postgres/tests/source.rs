@@ -232,3 +232,47 @@ fn source_reconnects_after_a_server_restart_and_reads_what_was_inserted_meanwhil
         "no reconnect logged: {err}"
     );
 }
+
+#[test]
+fn an_integer_id_column_is_read() {
+    let table = common::test_table("pgint4", "id serial PRIMARY KEY, body text NOT NULL");
+    let (url, t, db) = (common::url(), &table.name, &table.db);
+    db.exec(&format!("INSERT INTO {t} (body) VALUES ('one'), ('two')"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = start_source(dir.path(), &url, t, &[]);
+    wait_or_dump(Duration::from_secs(10), "both rows", &[&source], || {
+        lines(&source).len() >= 2
+    });
+    assert_eq!(lines(&source), vec!["1\tone", "2\ttwo"]);
+    assert!(
+        !source.stderr().contains("reconnecting"),
+        "{}",
+        source.stderr()
+    );
+}
+
+/// Runs postgres_source to its end; returns (exit code, stderr).
+fn run_to_exit(dir: &Path, url: &str, t: &str, extra: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut p = start_source(dir, url, t, extra);
+    let status = p.wait_timeout(Duration::from_secs(20));
+    (status.and_then(|s| s.code()), p.stderr())
+}
+
+#[test]
+fn rows_with_ids_below_1_and_overlong_channels_are_refused_at_start() {
+    let table = common::test_table("pgneg", "id bigint PRIMARY KEY, body text NOT NULL");
+    let (url, t, db) = (common::url(), &table.name, &table.db);
+    db.exec(&format!("INSERT INTO {t} VALUES (0, 'zero'), (1, 'one')"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, err) = run_to_exit(dir.path(), &url, t, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("1 row(s)") && err.contains("<= 0"), "{err}");
+
+    db.exec(&format!("DELETE FROM {t} WHERE id = 0"));
+    let long = "c".repeat(64);
+    let (code, err) = run_to_exit(dir.path(), &url, t, &[("channel", &long)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("1 to 63 bytes"), "{err}");
+    // Nothing was installed that would break the table's writers.
+    db.exec(&format!("INSERT INTO {t} VALUES (2, 'two')"));
+}
