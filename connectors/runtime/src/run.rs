@@ -113,14 +113,13 @@ impl ConnectorBuilder<Source> {
                             program_name: spec.program.to_string(),
                             instance_name: ctx.connector.clone(),
                         };
-                        Source::connect_engine(
+                        Source::engine(
                             endpoint,
                             hello,
                             ctx.options.max_frame,
                             ctx.metrics.clone(),
                             ctx.shutdown.clone(),
                         )
-                        .await?
                     }
                 };
                 source.set_dead_letters(ctx.dead_letters());

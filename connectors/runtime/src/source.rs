@@ -146,8 +146,25 @@ impl Source {
         metrics: ConnectorMetrics,
         shutdown: CancellationToken,
     ) -> Result<Source> {
+        let mut source = Source::engine(endpoint, hello, max_frame, metrics, shutdown);
+        if let Inner::Engine(l) = &mut source.inner {
+            l.reconnect().await?;
+        }
+        Ok(source)
+    }
+
+    /// A source for the engine at `endpoint` that connects (and says HELLO) on its first
+    /// [`Source::notify`]: the connector checks its own settings and upstream before it
+    /// waits for the engine, so a bad parameter is reported at once.
+    pub fn engine(
+        endpoint: Endpoint,
+        hello: Hello,
+        max_frame: usize,
+        metrics: ConnectorMetrics,
+        shutdown: CancellationToken,
+    ) -> Source {
         let acks = Arc::new(AckBoard::default());
-        let mut link = EngineLink {
+        let link = EngineLink {
             endpoint,
             hello,
             max_frame,
@@ -162,13 +179,12 @@ impl Source {
             streams: StreamMap::default(),
             last_stream: None,
         };
-        link.reconnect().await?;
-        Ok(Source {
+        Source {
             inner: Inner::Engine(Box::new(link)),
             acks,
             metrics,
             dead_letters: None,
-        })
+        }
     }
 
     /// Writes records to standard output in `format`; each record is acknowledged once
@@ -643,7 +659,15 @@ impl EngineLink {
                     other.tag()
                 )))
             }
-            Some(Err(e)) => return Err(LinkError::Lost(format!("bad answer to HELLO: {e}"))),
+            Some(Err(framing::FrameError::Io(e))) => {
+                return Err(LinkError::Lost(format!("reading the answer to HELLO: {e}")))
+            }
+            Some(Err(e)) => {
+                return Err(LinkError::Fatal(anyhow!(
+                    "engine at {} answered HELLO with a frame this connector cannot read ({e}); are the engine and this connector from the same release?",
+                    self.endpoint
+                )))
+            }
             None => return Err(LinkError::Lost("engine closed the connection after HELLO".into())),
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -882,6 +906,10 @@ impl EngineLink {
         let id = stream_id_for(name);
         if self.streams.contains_key(&id) {
             bail!("stream `{name}` is already open");
+        }
+        if self.conn.is_none() && self.streams.is_empty() {
+            // The first stream: connect now (see `Source::engine`).
+            self.reconnect().await?;
         }
         loop {
             match self.notify_raw(id, name, hint).await {

@@ -217,3 +217,27 @@ fn empty_and_oversize_datagrams_are_counted_not_forwarded() {
         source.stderr()
     );
 }
+
+#[test]
+fn a_bad_parameter_is_reported_without_waiting_for_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    // No engine is listening on this port.
+    let app = AppFile::new("no engine")
+        .source("feed", free_port(), "host = \"127.0.0.1\"")
+        .write(dir.path());
+    let mut source = start_connector(
+        dir.path(),
+        "udp_source",
+        &app,
+        "feed",
+        &["--feed-port".into(), "not-a-port".into()],
+    );
+    let status = source.wait_timeout(Duration::from_secs(10));
+    let err = source.stderr();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(err.contains("not-a-port"), "{err}");
+    assert!(
+        !err.contains("not reachable"),
+        "waited for the engine: {err}"
+    );
+}
