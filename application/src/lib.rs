@@ -149,10 +149,29 @@ impl ConnectorConfig {
 
     /// A parameter from the `params` table rendered as a string (strings unquoted).
     pub fn param(&self, name: &str) -> Option<String> {
+        self.params.get(name).map(render_param)
+    }
+
+    /// A parameter's values: one for a scalar, one per element for an array (how a
+    /// repeatable parameter such as `option = ["a=1", "b=2"]` is written in the file).
+    pub fn param_values(&self, name: &str) -> Option<Vec<String>> {
         self.params.get(name).map(|v| match v {
-            toml::Value::String(s) => s.clone(),
-            other => other.to_string(),
+            toml::Value::Array(items) => items.iter().map(render_param).collect(),
+            other => vec![render_param(other)],
         })
+    }
+
+    /// The names in the `params` table, for checking them against what a connector knows.
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.params.keys().map(String::as_str)
+    }
+}
+
+/// A TOML value as a parameter string (strings unquoted, others in TOML syntax).
+fn render_param(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -323,6 +342,7 @@ path = "/tmp/x.sock"
 [sink_connectors.out.params]
 topic = "t"
 retries = 3
+option = ["a=1", "b=2"]
 [[pipelines]]
 source = "celsius_feed"
 sinks = ["out"]
@@ -350,6 +370,11 @@ sinks = ["out"]
         assert_eq!(s.endpoint(), Some(Endpoint::Unix("/tmp/x.sock".into())));
         assert_eq!(s.param("topic").as_deref(), Some("t"));
         assert_eq!(s.param("retries").as_deref(), Some("3"));
+        assert_eq!(s.param_values("retries"), Some(vec!["3".to_string()]));
+        assert_eq!(
+            s.param_values("option"),
+            Some(vec!["a=1".to_string(), "b=2".to_string()])
+        );
         assert_eq!(app.worker_name, "worker1");
     }
 

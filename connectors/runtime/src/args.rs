@@ -355,13 +355,24 @@ pub fn parse(spec: &ConnectorSpec, argv: Vec<String>) -> Result<Option<(CommonOp
         .or(app.as_ref().map(|a| a.max_frame()))
         .unwrap_or(framing::DEFAULT_MAX_FRAME);
 
+    if let (Some(c), Some(app)) = (&config, &app) {
+        let known: Vec<&str> = spec.params.iter().map(|p| p.name).collect();
+        if let Some(unknown) = c.param_names().find(|n| !known.contains(n)) {
+            bail!(
+                "unknown parameter `{unknown}` in the params table of connector `{connector}` in {} ({} knows: {})",
+                app.file.display(),
+                spec.program,
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            );
+        }
+    }
     let mut values: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     for p in spec.params {
         let cli: Vec<String> = matches
             .get_many::<String>(&param_arg_id(p.name))
             .map(|v| v.cloned().collect())
             .unwrap_or_default();
-        let from_file = config.as_ref().and_then(|c| c.param(p.name));
+        let from_file = config.as_ref().and_then(|c| c.param_values(p.name));
         let env_name = format!("{}_{}", connector, p.name)
             .to_ascii_uppercase()
             .replace('-', "_");
@@ -369,7 +380,7 @@ pub fn parse(spec: &ConnectorSpec, argv: Vec<String>) -> Result<Option<(CommonOp
         let chosen = if !cli.is_empty() {
             cli
         } else if let Some(v) = from_file {
-            vec![v]
+            v
         } else if let Some(v) = from_env {
             vec![v]
         } else if let Some(d) = p.default {
@@ -695,6 +706,35 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unknown connector `nope`"), "{e}");
+    }
+
+    #[test]
+    fn the_params_table_takes_lists_for_repeatable_params_and_refuses_unknown_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.toml");
+        let write = |params: &str| {
+            std::fs::write(
+                &path,
+                format!("name = \"a\"\n[source_connectors.lists]\nport = 7100\n[source_connectors.lists.params]\n{params}\n"),
+            )
+            .unwrap()
+        };
+        let args = argv(&format!(
+            "--application-module {} --connector lists",
+            path.display()
+        ));
+        write("host = \"h\"\noption = [\"a=1\", \"b=2\"]");
+        let (_, params) = parse(&SPEC, args.clone()).unwrap().unwrap();
+        assert_eq!(
+            params.all("option"),
+            &["a=1".to_string(), "b=2".to_string()]
+        );
+        write("host = \"h\"\nhots = \"typo\"");
+        let e = parse(&SPEC, args).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown parameter `hots`") && e.contains("host, port, option"),
+            "{e}"
+        );
     }
 
     #[test]
