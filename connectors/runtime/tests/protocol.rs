@@ -31,6 +31,28 @@ async fn next(f: &mut Framed<TcpStream, ProtocolCodec>) -> Frame {
         .expect("valid frame")
 }
 
+/// A listener standing in for the engine's source port, and its address.
+async fn engine_listener() -> (TcpListener, Endpoint) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let endpoint = Endpoint::Tcp {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    (listener, endpoint)
+}
+
+/// A source client for `endpoint` (it connects on its first notify).
+fn source_for(endpoint: Endpoint) -> Source {
+    Source::engine(
+        endpoint,
+        hello(""),
+        1 << 20,
+        ConnectorMetrics::new("t", "t"),
+        CancellationToken::new(),
+    )
+}
+
 fn msg_id(f: &Frame) -> u64 {
     match f {
         Frame::Message(m) => m.message_id,
@@ -40,23 +62,9 @@ fn msg_id(f: &Frame) -> u64 {
 
 #[tokio::test]
 async fn source_replays_unacknowledged_messages_after_reconnect() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let endpoint = Endpoint::Tcp {
-        host: "127.0.0.1".into(),
-        port,
-    };
-    let metrics = ConnectorMetrics::new("test", "t");
+    let (listener, endpoint) = engine_listener().await;
     let client = tokio::spawn(async move {
-        let mut source = Source::connect_engine(
-            endpoint,
-            hello(""),
-            1 << 20,
-            metrics,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let mut source = source_for(endpoint);
         let mut acks = source.acks();
         let s = source.notify("stream-a", None).await.unwrap();
         assert_eq!(s.resume, None);
@@ -195,22 +203,9 @@ async fn accept_fresh(listener: &TcpListener) -> (Framed<TcpStream, ProtocolCode
 
 #[tokio::test]
 async fn acknowledgements_received_while_idle_are_not_replayed_after_a_reconnect() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let endpoint = Endpoint::Tcp {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let (listener, endpoint) = engine_listener().await;
     let client = tokio::spawn(async move {
-        let mut source = Source::connect_engine(
-            endpoint,
-            hello(""),
-            1 << 20,
-            ConnectorMetrics::new("t", "t"),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let mut source = source_for(endpoint);
         let s = source.notify("idle", None).await.unwrap();
         for id in 1..=3u64 {
             source.write(s.id, id, b"", b"x").await.unwrap();
@@ -253,22 +248,9 @@ async fn acknowledgements_received_while_idle_are_not_replayed_after_a_reconnect
 
 #[tokio::test]
 async fn source_stops_on_credits_and_resumes_on_grant() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let endpoint = Endpoint::Tcp {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let (listener, endpoint) = engine_listener().await;
     let client = tokio::spawn(async move {
-        let mut source = Source::connect_engine(
-            endpoint,
-            hello(""),
-            1 << 20,
-            ConnectorMetrics::new("t", "t"),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let mut source = source_for(endpoint);
         let s = source.notify("s", None).await.unwrap();
         for id in 1..=10u64 {
             source.write(s.id, id, b"", b"x").await.unwrap();
