@@ -89,9 +89,26 @@ impl Failure {
             ErrorKind::AuthProviderError(why) => Failure::Fatal(anyhow!(
                 "cannot {doing}: authentication failed ({why}): check the user and password in amqpurl"
             )),
+            // lapin drops the whole connection when it cannot parse a frame, before it knows
+            // the delivery tag, so the broker hands the same message to every new connection.
+            ErrorKind::ParsingError(_) => Failure::Fatal(anyhow!(
+                "cannot {doing}: the broker sent a message the AMQP client (lapin) cannot parse, most likely a delivery whose routing key or a header is not UTF-8 ({e}); it would come again on every reconnect: remove it from the queue with another client (or move the messages away with a shovel), then start again"
+            )),
             ErrorKind::InvalidProtocolVersion(_) => Failure::Fatal(anyhow!(
                 "cannot {doing}: the server does not speak AMQP 0-9-1 (is amqpurl pointing at RabbitMQ?)"
             )),
+            _ => Failure::Transient(format!("{doing}: {e}")),
+        }
+    }
+}
+
+impl Failure {
+    /// Classifies the error of a connection that was working: only what would fail again on
+    /// every new connection (a frame lapin cannot parse) is fatal; anything else is treated as
+    /// an outage, and reconnecting tells configuration errors apart.
+    pub fn lost(e: &lapin::Error, doing: &str) -> Failure {
+        match e.kind() {
+            ErrorKind::ParsingError(_) => Failure::from_lapin(e, doing),
             _ => Failure::Transient(format!("{doing}: {e}")),
         }
     }
@@ -179,6 +196,44 @@ where
                     _ = ctx.shutdown.cancelled() => return Ok(None),
                 }
             }
+        }
+    }
+}
+
+/// Paces reconnects after a lost connection: a connection lost soon after it was opened (a
+/// broker that drops it again at once, for whatever reason) makes the next reconnect wait
+/// longer, doubling from 0.2 s to 5 s, so a reconnect loop never spins. A connection that
+/// lasted a minute starts over at 0.2 s.
+#[derive(Debug)]
+pub struct Reconnects {
+    backoff: Backoff,
+    opened: tokio::time::Instant,
+}
+
+impl Default for Reconnects {
+    fn default() -> Self {
+        Reconnects {
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            opened: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Reconnects {
+    /// Notes that a connection was (re)opened now.
+    pub fn opened(&mut self) {
+        self.opened = tokio::time::Instant::now();
+    }
+
+    /// Waits before the next reconnect; `false` when shutdown was requested meanwhile.
+    pub async fn wait(&mut self, ctx: &Context) -> bool {
+        if self.opened.elapsed() >= Duration::from_secs(60) {
+            self.backoff.reset();
+        }
+        let delay = self.backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = ctx.shutdown.cancelled() => false,
         }
     }
 }

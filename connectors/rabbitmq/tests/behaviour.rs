@@ -270,3 +270,56 @@ fn waits_for_an_unreachable_broker_and_stops_cleanly() {
         src.stderr()
     );
 }
+
+#[test]
+fn a_delivery_lapin_cannot_parse_stops_the_source_with_one_line() {
+    let _lock = broker_lock(false);
+    let mut amqp = Amqp::connect();
+    let (x, q) = (testkit::unique("poison_x"), testkit::unique("poison_q"));
+    amqp.exchange(&x, ExchangeKind::Fanout);
+    amqp.queue(&q, None);
+    amqp.bind(&q, &x, "");
+    amqp.publish(&x, &[("before".into(), b"m1".to_vec())]);
+    publish_raw(&x, b"bad\xff", b"poison");
+    amqp.publish(&x, &[("after".into(), b"m3".to_vec())]);
+    let dir = tempfile::tempdir().unwrap();
+    let url = testkit::amqp_url();
+    let mut cmd = Command::new(testkit::bin("rabbitmq_source"));
+    cmd.args(args(&[
+        "--connector",
+        "in",
+        "--to",
+        "stdout",
+        "--format",
+        "kv",
+        "--stats-interval",
+        "0",
+        "--in-amqpurl",
+        &url,
+        "--in-queue",
+        &q,
+    ]));
+    let mut src = Proc::spawn_with(dir.path(), "source", &mut cmd);
+    // Not a reconnect loop that delivers `before` again and again: no reconnect, one clear
+    // line, exit 1.
+    let status = src.wait_timeout(Duration::from_secs(20));
+    let err = src.stderr();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(!err.contains("lost the broker connection"), "{err}");
+    let fatal: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("rabbitmq_source: "))
+        .collect();
+    assert_eq!(fatal.len(), 1, "{err}");
+    assert!(
+        fatal[0].contains(&format!("cannot consume from queue `{q}`"))
+            && fatal[0].contains("not UTF-8")
+            && fatal[0].contains("remove it from the queue"),
+        "{err}"
+    );
+    let out = String::from_utf8_lossy(&src.stdout()).into_owned();
+    assert!(out.is_empty() || out == "before\tm1\n", "{out:?}");
+    assert_eq!(amqp.count(&q), 3, "nothing acknowledged or lost");
+    amqp.delete_queue(&q);
+    amqp.delete_exchange(&x);
+}

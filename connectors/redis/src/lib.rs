@@ -506,8 +506,21 @@ impl EntryId {
     /// entry id does not fit (sequence >= 2^20, or milliseconds >= 2^44, i.e. after the
     /// year 2527): such entries get the next id up instead (see [`next_message_id`]).
     pub fn message_id(self) -> Option<u64> {
-        (self.seq < (1 << SEQ_BITS) && self.ms < (1 << (64 - SEQ_BITS)))
+        self.unfit()
+            .is_none()
             .then_some((self.ms << SEQ_BITS) | self.seq)
+    }
+
+    /// Why the entry id does not fit a message id ([`EntryId::message_id`] is `None`), or
+    /// `None` when it fits.
+    pub fn unfit(self) -> Option<&'static str> {
+        if self.ms >= 1 << (64 - SEQ_BITS) {
+            Some("milliseconds >= 2^44, after the year 2527")
+        } else if self.seq >= 1 << SEQ_BITS {
+            Some("sequence >= 2^20")
+        } else {
+            None
+        }
     }
 
     /// The entry id a message id made by [`EntryId::message_id`] came from.
@@ -809,7 +822,15 @@ mod tests {
             seq: 1 << SEQ_BITS,
         };
         assert_eq!(big.message_id(), None);
+        assert_eq!(big.unfit(), Some("sequence >= 2^20"));
         assert_eq!(next_message_id(41, big), 42);
+        let late = EntryId::parse(b"99999999999999-6").unwrap();
+        assert_eq!(late.message_id(), None);
+        assert_eq!(
+            late.unfit(),
+            Some("milliseconds >= 2^44, after the year 2527")
+        );
+        assert_eq!(a.unfit(), None);
         // Behind the last id sent (claimed or re-delivered): next one up.
         assert_eq!(next_message_id(mc, a), mc + 1);
         assert_eq!(next_message_id(ma, c), mc);

@@ -145,3 +145,60 @@ fn stream_source_loses_nothing_when_it_or_the_engine_is_killed() {
     );
     r.del(&[&input_stream, &output_stream]);
 }
+
+#[test]
+fn entries_the_protocol_cannot_carry_are_dead_lettered_and_xacked() {
+    let url = testkit::redis_url();
+    let mut r = Client::connect(&url);
+    let (input_stream, output_stream) = (testkit::unique("dlin"), testkit::unique("dlout"));
+    let group = testkit::unique("dlgroup");
+    let big = |p: &[u8]| (vec![b'K'; 70_000], p.to_vec());
+    // A key over 65535 bytes between two normal entries, and one more as the last entry:
+    // no later acknowledgement ever covers that one.
+    let input: Vec<Msg> = vec![
+        (b"a".to_vec(), b"1".to_vec()),
+        big(b"2"),
+        (b"c".to_vec(), b"3".to_vec()),
+        big(b"4"),
+    ];
+    r.xadd_all(&input_stream, &input);
+    let dead = tempfile::tempdir().unwrap();
+    let dead_dir = dead.path().display().to_string();
+    let mut p = Pipeline::start(
+        &url,
+        (
+            "redis_stream_source",
+            &[
+                "--in-stream",
+                &input_stream,
+                "--in-group",
+                &group,
+                "--dead-letter",
+                &dead_dir,
+            ],
+        ),
+        &[("redis_stream_sink", "o", &["--o-stream", &output_stream])],
+        "",
+    );
+    wait_for(
+        "the normal entries out",
+        Duration::from_secs(30),
+        || p.logs(),
+        || r.xlen(&output_stream) >= 2,
+    );
+    wait_for(
+        "nothing pending",
+        Duration::from_secs(30),
+        || p.logs(),
+        || r.pending(&input_stream, &group) == 0,
+    );
+    p.stop();
+    assert_eq!(
+        r.read_stream(&output_stream),
+        vec![input[0].clone(), input[2].clone()]
+    );
+    let index = std::fs::read_to_string(dead.path().join("in.jsonl")).unwrap();
+    assert_eq!(index.lines().count(), 2, "{index}");
+    assert!(index.contains("65535"), "{index}");
+    r.del(&[&input_stream, &output_stream]);
+}

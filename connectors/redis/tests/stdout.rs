@@ -197,3 +197,57 @@ fn subscriber_source_forwards_subscribed_channels_only() {
         ]
     );
 }
+
+#[test]
+fn subscriber_source_keeps_channel_names_as_bytes() {
+    let url = testkit::redis_url();
+    let mut r = Client::connect(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = testkit::unique("bin");
+    let pattern = format!("{prefix}.*");
+    let mut p = spawn(
+        dir.path(),
+        "redis_subscriber_source",
+        &[
+            "--connector",
+            "sub",
+            "--sub-url",
+            &url,
+            "--sub-topic",
+            &pattern,
+            "--sub-pattern",
+            "true",
+        ],
+    );
+    wait_for(
+        "the subscription",
+        Duration::from_secs(20),
+        || p.stderr(),
+        || p.stderr().contains("subscribed to patterns"),
+    );
+    let channels: Vec<Vec<u8>> = [&b"\xff\xfe"[..], "café".as_bytes(), b"\xff"]
+        .iter()
+        .map(|suffix| [format!("{prefix}.").as_bytes(), suffix].concat())
+        .collect();
+    for (i, ch) in channels.iter().enumerate() {
+        let _: i64 = r.cmd(redis::cmd("PUBLISH").arg(ch).arg(format!("v{i}")));
+    }
+    let want: Vec<u8> = channels
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ch)| [&ch[..], format!("\tv{i}\n").as_bytes()].concat())
+        .collect();
+    wait_for(
+        "3 records",
+        Duration::from_secs(20),
+        || p.stderr(),
+        || p.stdout().len() >= want.len(),
+    );
+    let status = p.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", p.stderr());
+    assert_eq!(
+        p.stdout().escape_ascii().to_string(),
+        want.escape_ascii().to_string(),
+        "channel names unchanged, not `?`"
+    );
+}

@@ -122,6 +122,16 @@ impl Acks {
     }
 }
 
+/// What became of a record handed to [`Source::write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// On its way to the engine: it is acknowledged through [`Acks`] like every other.
+    Sent,
+    /// The protocol cannot carry it and it was written to `--dead-letter DIR`: the engine
+    /// never acknowledges it, so commit it upstream yourself if your upstream needs that.
+    SetAside,
+}
+
 /// The connection to the engine (or standard output) through which a source connector
 /// sends its messages.
 pub struct Source {
@@ -241,7 +251,7 @@ impl Source {
         message_id: u64,
         key: &[u8],
         payload: &[u8],
-    ) -> Result<()> {
+    ) -> Result<Written> {
         self.write_at(stream_id, message_id, 0, key, payload).await
     }
 
@@ -253,12 +263,12 @@ impl Source {
         event_time: i64,
         key: &[u8],
         payload: &[u8],
-    ) -> Result<()> {
+    ) -> Result<Written> {
         if let Inner::Engine(l) = &self.inner {
             if let Some(reason) = unsendable(key.len(), payload.len(), l.max_frame) {
-                return self
-                    .set_aside(stream_id, message_id, key, payload, &reason)
-                    .await;
+                self.set_aside(stream_id, message_id, key, payload, &reason)
+                    .await?;
+                return Ok(Written::SetAside);
             }
         }
         self.metrics.messages_out.inc();
@@ -266,7 +276,8 @@ impl Source {
         match &mut self.inner {
             Inner::Engine(l) => {
                 l.write(stream_id, message_id, event_time, key, payload)
-                    .await
+                    .await?;
+                Ok(Written::Sent)
             }
             Inner::Stdout(s) => {
                 let r = s
@@ -280,7 +291,7 @@ impl Source {
                     )
                     .await;
                 self.metrics.in_flight.set(s.records as i64);
-                r
+                r.map(|()| Written::Sent)
             }
         }
     }

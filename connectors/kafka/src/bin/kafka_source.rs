@@ -476,7 +476,9 @@ async fn forward(
             msg.key().unwrap_or_default(),
             payload,
         )
-        .await
+        .await?;
+    // A record set aside in --dead-letter DIR is committed with the next acknowledged one.
+    Ok(())
 }
 
 /// Announces newly assigned partitions to the engine and positions each at the later of

@@ -19,7 +19,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareO
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use rabbitmq_connectors::{
-    check_url, close_quietly, connect, match_returned, short, with_backoff, Failure,
+    check_url, close_quietly, connect, match_returned, short, with_backoff, Failure, Reconnects,
 };
 
 use connector_runtime::prelude::*;
@@ -114,6 +114,7 @@ fn main() -> ExitCode {
                 return Ok(());
             };
             tracing::info!("publishing to exchange `{}` at {}", cfg.exchange, cfg.shown_url);
+            let mut reconnects = Reconnects::default();
             while let Some(batch) = sink.read_batch(cfg.max_batch).await {
                 let mut todo = Vec::with_capacity(batch.len());
                 for (index, msg) in batch.iter().enumerate() {
@@ -133,11 +134,15 @@ fn main() -> ExitCode {
                                 todo.len()
                             );
                             close_quietly(&session.0, "reconnecting").await;
+                            // On shutdown the batch stays unacknowledged; the engine resends it.
+                            if !reconnects.wait(&ctx).await {
+                                return Ok(());
+                            }
                             match with_backoff(&ctx, &what, true, || open(&cfg)).await? {
                                 Some(s) => session = s,
-                                // Shutdown: this batch stays unacknowledged; the engine resends it.
                                 None => return Ok(()),
                             }
+                            reconnects.opened();
                             continue;
                         }
                     };

@@ -10,19 +10,24 @@
 //!
 //! The broker going away (restart, network) is not an error: the connector reconnects with
 //! back-off, sets the QoS prefetch again and resumes consuming; deliveries of the old channel
-//! come again from the broker.
+//! come again from the broker. A connection lost soon after it was opened makes the next
+//! reconnect wait longer, so reconnects never spin. A delivery lapin cannot parse (a routing
+//! key or header that is not UTF-8) ends the connection before its delivery tag is known, so
+//! it cannot be rejected alone and would come again on every connection: the connector stops
+//! with a line that says so.
 
 use std::process::ExitCode;
 
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, Consumer, Event, ExchangeKind};
 use rabbitmq_connectors::{
-    check_url, close_quietly, connect, short, unix_nanos, with_backoff, Failure, Ledger,
+    check_url, close_quietly, connect, short, unix_nanos, with_backoff, Failure, Ledger, Reconnects,
 };
 
 use connector_runtime::prelude::*;
@@ -96,6 +101,22 @@ struct Session {
     conn: Connection,
     channel: Channel,
     consumer: Consumer,
+    /// The connection's events: when it fails, lapin's own error says why.
+    events: BoxStream<'static, Event>,
+}
+
+impl Session {
+    /// Why the connection failed, when lapin reported it: an operation on a connection that
+    /// already failed only says "invalid channel state", the root cause (such as a delivery
+    /// that could not be parsed) comes as an event.
+    fn connection_error(&mut self) -> Option<lapin::Error> {
+        while let Some(Some(event)) = self.events.next().now_or_never() {
+            if let Event::Error(e) = event {
+                return Some(e);
+            }
+        }
+        None
+    }
 }
 
 fn main() -> ExitCode {
@@ -141,20 +162,25 @@ fn main() -> ExitCode {
                 "Deliveries rejected (basic.nack) because their body is too large.",
                 &[],
             );
+            let mut reconnects = Reconnects::default();
+            let consuming = format!("consume from queue `{}`", cfg.queue);
             let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
             // While deliveries wait for the engine, the broker sends nothing new (prefetch), so
             // a lost engine connection must be noticed without a write.
             let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
             idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                // Set when the broker connection is lost: reconnect below.
-                let lost: Option<String> = tokio::select! {
+                // Set when the broker connection is lost: reconnect below (or stop when fatal).
+                let lost: Option<Failure> = tokio::select! {
                     biased;
                     _ = ctx.shutdown.cancelled() => break,
                     got = acks.next() => {
                         let point = got.iter().filter(|a| a.stream_id == stream.id).map(|a| a.point).max();
                         match point {
-                            Some(p) => ack_upto(&mut ledger, p, epoch, &session.channel).await.err(),
+                            Some(p) => ack_upto(&mut ledger, p, epoch, &session.channel)
+                                .await
+                                .err()
+                                .map(|e| Failure::lost(&e, "acknowledge deliveries (basic.ack)")),
                             None => None,
                         }
                     }
@@ -168,7 +194,7 @@ fn main() -> ExitCode {
                         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
                         match session.channel.queue_declare(cfg.queue.clone(), passive, FieldTable::default()).await {
                             Ok(q) => { ctx.metrics.lag.set(i64::from(q.message_count())); None }
-                            Err(e) => Some(e.to_string()),
+                            Err(e) => Some(Failure::lost(&e, &consuming)),
                         }
                     }
                     next = session.consumer.next() => {
@@ -178,8 +204,11 @@ fn main() -> ExitCode {
                         for _ in 0..4096 {
                             let delivery = match next {
                                 Some(Ok(d)) => d,
-                                Some(Err(e)) => { lost = Some(e.to_string()); break; }
-                                None => { lost = Some("the broker cancelled the consumer".into()); break; }
+                                Some(Err(e)) => { lost = Some(Failure::lost(&e, &consuming)); break; }
+                                None => {
+                                    lost = Some(Failure::Transient("the broker cancelled the consumer".into()));
+                                    break;
+                                }
                             };
                             ctx.metrics.messages_in.inc();
                             ctx.metrics.bytes_in.add(delivery.data.len() as u64);
@@ -193,7 +222,7 @@ fn main() -> ExitCode {
                                 );
                                 let opts = BasicNackOptions { multiple: false, requeue };
                                 if let Err(e) = delivery.acker.nack(opts).await {
-                                    lost = Some(e.to_string());
+                                    lost = Some(Failure::lost(&e, "reject a delivery (basic.nack)"));
                                     break;
                                 }
                             } else {
@@ -211,18 +240,33 @@ fn main() -> ExitCode {
                         lost
                     }
                 };
-                if let Some(why) = lost {
+                if let Some(failure) = lost {
+                    let failure = match session.connection_error() {
+                        Some(e) => Failure::lost(&e, &consuming),
+                        None => failure,
+                    };
+                    let why = match failure {
+                        Failure::Transient(why) => why,
+                        Failure::Fatal(e) => {
+                            close_quietly(&session.conn, "stopping").await;
+                            return Err(e);
+                        }
+                    };
                     tracing::warn!(
                         "lost the broker connection ({why}); {} deliveries not yet acknowledged by the engine will come again",
                         ledger.len()
                     );
                     close_quietly(&session.conn, "reconnecting").await;
+                    if !reconnects.wait(&ctx).await {
+                        break;
+                    }
                     epoch += 1;
                     let what = format!("RabbitMQ at {}", cfg.shown_url);
                     match with_backoff(&ctx, &what, true, || open(&cfg, epoch)).await? {
                         Some(s) => session = s,
                         None => break,
                     }
+                    reconnects.opened();
                 }
             }
             // Shutdown: wait for the engine to acknowledge what it has, acknowledge that to
@@ -251,7 +295,7 @@ async fn ack_upto(
     point: u64,
     epoch: u64,
     channel: &Channel,
-) -> Result<(), String> {
+) -> Result<(), lapin::Error> {
     let settled = ledger.settle(point, epoch);
     if settled.stale > 0 {
         tracing::debug!(
@@ -260,10 +304,11 @@ async fn ack_upto(
         );
     }
     match settled.ack_tag {
-        Some(tag) => channel
-            .basic_ack(tag, BasicAckOptions { multiple: true })
-            .await
-            .map_err(|e| e.to_string()),
+        Some(tag) => {
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+        }
         None => Ok(()),
     }
 }
@@ -312,6 +357,7 @@ fn config(ctx: &Context) -> Result<Config> {
 /// Connects, declares what `declare` asks for, sets the prefetch and starts consuming.
 async fn open(cfg: &Config, epoch: u64) -> Result<Session, Failure> {
     let conn = connect(&cfg.url, &cfg.name).await?;
+    let events = conn.events_listener().boxed();
     let fail = |doing: String| move |e: lapin::Error| Failure::from_lapin(&e, &doing);
     let channel = conn
         .create_channel()
@@ -371,5 +417,6 @@ async fn open(cfg: &Config, epoch: u64) -> Result<Session, Failure> {
         conn,
         channel,
         consumer,
+        events,
     })
 }

@@ -478,3 +478,106 @@ pub fn broker_lock(exclusive: bool) -> File {
     assert_eq!(r, 0, "flock failed");
     f
 }
+
+/// Publishes one message with a routing key of any bytes (lapin only sends UTF-8 ones) to
+/// `exchange` through a minimal AMQP 0-9-1 client on a plain socket, and waits for the
+/// broker's publisher confirm.
+pub fn publish_raw(exchange: &str, routing_key: &[u8], body: &[u8]) {
+    use std::io::Write;
+    let uri: lapin::uri::AMQPUri = testkit::amqp_url().parse().expect("AMQP URL");
+    let mut s = std::net::TcpStream::connect((uri.authority.host.as_str(), uri.authority.port))
+        .expect("connect to RabbitMQ");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    raw::expect(&mut s, 10, 10); // connection.start
+    let user = &uri.authority.userinfo;
+    let mut a = 0u32.to_be_bytes().to_vec(); // no client properties
+    raw::short(&mut a, b"PLAIN");
+    let login = format!("\0{}\0{}", user.username, user.password);
+    a.extend((login.len() as u32).to_be_bytes());
+    a.extend(login.as_bytes());
+    raw::short(&mut a, b"en_US");
+    raw::method(&mut s, 0, 10, 11, &a); // start-ok
+    let tune = raw::expect(&mut s, 10, 30);
+    let mut a = tune[..6].to_vec(); // channel-max and frame-max as offered, no heartbeats
+    a.extend(0u16.to_be_bytes());
+    raw::method(&mut s, 0, 10, 31, &a); // tune-ok
+    let mut a = Vec::new();
+    raw::short(&mut a, uri.vhost.as_bytes());
+    a.extend([0, 0]);
+    raw::method(&mut s, 0, 10, 40, &a); // connection.open
+    raw::expect(&mut s, 10, 41);
+    raw::method(&mut s, 1, 20, 10, &[0]); // channel.open
+    raw::expect(&mut s, 20, 11);
+    raw::method(&mut s, 1, 85, 10, &[0]); // confirm.select
+    raw::expect(&mut s, 85, 11);
+    let mut a = 0u16.to_be_bytes().to_vec();
+    raw::short(&mut a, exchange.as_bytes());
+    raw::short(&mut a, routing_key);
+    a.push(0);
+    raw::method(&mut s, 1, 60, 40, &a); // basic.publish
+    let mut h = 60u16.to_be_bytes().to_vec();
+    h.extend(0u16.to_be_bytes());
+    h.extend((body.len() as u64).to_be_bytes());
+    h.extend(0u16.to_be_bytes()); // no properties
+    raw::frame(&mut s, 2, 1, &h);
+    raw::frame(&mut s, 3, 1, body);
+    raw::expect(&mut s, 60, 80); // basic.ack: the broker has it
+    let mut a = 200u16.to_be_bytes().to_vec();
+    a.extend([0, 0, 0, 0, 0]);
+    raw::method(&mut s, 0, 10, 50, &a); // connection.close
+    raw::expect(&mut s, 10, 51);
+}
+
+/// Frames for [`publish_raw`].
+mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    pub fn short(out: &mut Vec<u8>, s: &[u8]) {
+        out.push(u8::try_from(s.len()).expect("short string"));
+        out.extend(s);
+    }
+
+    pub fn frame(s: &mut TcpStream, kind: u8, channel: u16, payload: &[u8]) {
+        let mut f = vec![kind];
+        f.extend(channel.to_be_bytes());
+        f.extend((payload.len() as u32).to_be_bytes());
+        f.extend(payload);
+        f.push(0xce);
+        s.write_all(&f).unwrap();
+    }
+
+    pub fn method(s: &mut TcpStream, channel: u16, class: u16, method: u16, args: &[u8]) {
+        let mut p = class.to_be_bytes().to_vec();
+        p.extend(method.to_be_bytes());
+        p.extend(args);
+        frame(s, 1, channel, &p);
+    }
+
+    /// Reads frames up to method `class.method` and returns its arguments.
+    pub fn expect(s: &mut TcpStream, class: u16, method: u16) -> Vec<u8> {
+        loop {
+            let mut head = [0u8; 7];
+            s.read_exact(&mut head).expect("a frame from the broker");
+            let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+            let mut p = vec![0u8; size + 1];
+            s.read_exact(&mut p).unwrap();
+            if head[0] != 1 {
+                continue;
+            }
+            let got = (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            );
+            if got == (class, method) {
+                return p[4..size].to_vec();
+            }
+            assert!(
+                got != (10, 50) && got != (20, 40),
+                "the broker closed: {}",
+                String::from_utf8_lossy(&p)
+            );
+        }
+    }
+}

@@ -17,9 +17,15 @@
 //! Payload and key: the entry's `payload_field` is the payload and `key_field` the message
 //! key; an entry without `payload_field` is sent as a JSON object of all its fields.
 //!
+//! An entry the protocol cannot carry (a key over 65,535 bytes, a frame over the limit) is
+//! set aside by the runtime in `--dead-letter DIR` and XACKed at once: the engine never sees
+//! it, so no acknowledgement would ever cover it. Without `--dead-letter` it stops the source
+//! and stays pending.
+//!
 //! Message ids: entry `ms-seq` is sent as `ms << 20 | seq`, which orders like the entries.
 //! An entry that comes behind a newer one (claimed from another consumer, re-delivered, or
-//! whose sequence is >= 2^20) is sent as the next id up instead, so ids always increase. After
+//! whose id does not fit: sequence >= 2^20 or milliseconds >= 2^44) is sent as the next id up
+//! instead, so ids always increase. After
 //! a restart ids start above the Redis clock: no id of an earlier run is reused with another
 //! entry (the engine drops ids it already saw). The in-flight map gives the entry to XACK.
 //! The event time is the entry's milliseconds.
@@ -115,7 +121,7 @@ fn main() -> ExitCode {
             let mut phase = Phase::New;
             let mut next_claim = Instant::now();
             let mut next_info = Instant::now();
-            let mut warned_range = false;
+            let mut warned_unfit: Vec<&str> = Vec::new();
             while !ctx.shutdown.is_cancelled() {
                 // Entries the engine acknowledged: XACKed with the next command.
                 let done = acknowledged(&mut in_flight, acks.try_next(), s.id);
@@ -174,30 +180,35 @@ fn main() -> ExitCode {
                         read(&mut redis, &st, count, ">", Some(block_ms), &done).await?
                     }
                 };
-                let mut deleted = Vec::new();
+                // Entries to XACK now: deleted from the stream while pending, or set aside.
+                let mut settled = Vec::new();
                 for e in entries {
                     if in_flight.contains(&e.id) {
                         continue; // sent already, waiting for the engine
                     }
                     if e.fields.is_none() {
-                        deleted.push(e.id); // deleted from the stream while pending
+                        gone.inc();
+                        settled.push(e.id);
                         continue;
                     }
-                    if e.id.message_id().is_none() && !warned_range {
-                        warned_range = true;
-                        tracing::warn!("entry id {} does not fit a message id (sequence >= 2^20): such entries get the next id up", e.id);
+                    if let Some(why) = e.id.unfit().filter(|w| !warned_unfit.contains(w)) {
+                        warned_unfit.push(why);
+                        tracing::warn!("entry id {} does not fit a message id ({why}): such entries get the next id up", e.id);
                     }
                     let id = next_message_id(last_id, e.id);
                     let (key, payload) = e.key_and_payload(&key_field, &payload_field);
                     ctx.metrics.messages_in.inc();
                     ctx.metrics.bytes_in.add(payload.len() as u64);
-                    source.write_at(s.id, id, e.id.ms as i64, &key, &payload).await?;
-                    in_flight.push(id, e.id);
+                    // A record set aside in --dead-letter DIR (the protocol cannot carry it)
+                    // is never acknowledged by the engine: it is settled here.
+                    match source.write_at(s.id, id, e.id.ms as i64, &key, &payload).await? {
+                        Written::SetAside => settled.push(e.id),
+                        Written::Sent => in_flight.push(id, e.id),
+                    }
                     last_id = id;
                 }
-                if !deleted.is_empty() {
-                    gone.add(deleted.len() as u64);
-                    ack_ids(&mut redis, &st, &deleted).await?;
+                if !settled.is_empty() {
+                    ack_ids(&mut redis, &st, &settled).await?;
                 }
                 source.flush().await?;
             }

@@ -12,6 +12,8 @@
 //!
 //! One engine stream per channel (`redis-pubsub:<channel>`); message ids start above both
 //! the engine's resume point and the current time in nanoseconds and increase by one.
+//! Channel names are bytes: the key is the name unchanged, and a name that is not UTF-8 is
+//! written with `\xNN` escapes in the stream name.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -48,10 +50,10 @@ fn main() -> ExitCode {
             let pattern = ctx.params.flag("pattern")?;
             let buffer: usize = ctx.params.parse_or("buffer", 100_000)?;
             let config = RedisConfig::from_context(&ctx)?;
-            let (tx, mut rx) = mpsc::channel::<(String, Bytes)>(buffer.max(1));
+            let (tx, mut rx) = mpsc::channel::<(Bytes, Bytes)>(buffer.max(1));
             let reader = tokio::spawn(subscribe(ctx.clone(), config, topics, pattern, tx));
             // Channel name -> (engine stream id, last message id).
-            let mut streams: HashMap<String, (u64, u64)> = HashMap::new();
+            let mut streams: HashMap<Bytes, (u64, u64)> = HashMap::new();
             loop {
                 let next = match rx.try_recv() {
                     Ok(m) => Some(m),
@@ -71,7 +73,7 @@ fn main() -> ExitCode {
                     Some(s) => s,
                     None => {
                         let s = source
-                            .notify(&format!("redis-pubsub:{channel}"), None)
+                            .notify(&format!("redis-pubsub:{}", stream_name(&channel)), None)
                             .await?;
                         let first = s.resume.unwrap_or(0).max(unix_nanos());
                         streams.entry(channel.clone()).or_insert((s.id, first))
@@ -80,9 +82,7 @@ fn main() -> ExitCode {
                 *id += 1;
                 ctx.metrics.messages_in.inc();
                 ctx.metrics.bytes_in.add(payload.len() as u64);
-                source
-                    .write(*stream_id, *id, channel.as_bytes(), &payload)
-                    .await?;
+                source.write(*stream_id, *id, &channel, &payload).await?;
             }
             let left = source.drain(Duration::from_secs(10)).await?;
             if left > 0 {
@@ -103,7 +103,7 @@ async fn subscribe(
     config: RedisConfig,
     topics: Vec<String>,
     pattern: bool,
-    tx: mpsc::Sender<(String, Bytes)>,
+    tx: mpsc::Sender<(Bytes, Bytes)>,
 ) -> Result<()> {
     let dropped = ctx.metrics.registry.counter(
         "redis_pubsub_dropped_total",
@@ -157,7 +157,9 @@ async fn subscribe(
                         );
                         break;
                     };
-                    let item = (m.get_channel_name().to_string(), Bytes::copy_from_slice(m.get_payload_bytes()));
+                    // As bytes: a channel name need not be UTF-8.
+                    let channel = m.get_channel::<Vec<u8>>().unwrap_or_else(|_| m.get_channel_name().into());
+                    let item = (Bytes::from(channel), Bytes::copy_from_slice(m.get_payload_bytes()));
                     match tx.try_send(item) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -188,6 +190,15 @@ async fn subscribe(
     }
 }
 
+/// A channel name for the engine's stream name: as it is when it is UTF-8, else with its
+/// bytes escaped (`\xff`), so distinct channels keep distinct streams.
+fn stream_name(channel: &[u8]) -> String {
+    match std::str::from_utf8(channel) {
+        Ok(name) => name.to_string(),
+        Err(_) => channel.escape_ascii().to_string(),
+    }
+}
+
 async fn check(ctx: &Context) -> Result<()> {
     let config = RedisConfig::from_context(ctx)?;
     let mut conn = config
@@ -196,4 +207,16 @@ async fn check(ctx: &Context) -> Result<()> {
         .with_context(|| format!("cannot connect to Redis at {}", config.target))?;
     let _: String = redis::cmd("PING").query_async(&mut conn).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_name;
+
+    #[test]
+    fn stream_names_keep_utf8_and_escape_other_bytes() {
+        assert_eq!(stream_name("café".as_bytes()), "café");
+        assert_eq!(stream_name(b"s.\xff\xfe"), "s.\\xff\\xfe");
+        assert_ne!(stream_name(b"s.\xff"), stream_name(b"s.\xfe"));
+    }
 }
