@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use anyhow::{anyhow, bail, Result};
 use bytes::{Buf, Bytes, BytesMut};
@@ -490,7 +491,7 @@ impl PrefixTemplate {
     }
 
     /// Renders the prefix for a message. Time placeholders use `time_ms` (the message's event
-    /// time when it has one, else now), in UTC. The key is percent-encoded (`_` when empty).
+    /// time when it has one, else now), in UTC. The key as [`key_segment`] renders it.
     pub fn render(&self, connector: &str, key: &[u8], time_ms: i64) -> String {
         let mut s = self.template.replace("{connector}", connector);
         if self.uses_time {
@@ -502,21 +503,85 @@ impl PrefixTemplate {
                 .replace("{hour}", &format!("{hour:02}"));
         }
         if self.uses_key {
-            let k = if key.is_empty() {
-                "_".to_string()
-            } else {
-                percent_encode(key, false)
-            };
-            s = s.replace("{key}", &k);
+            s = s.replace("{key}", &key_segment(key));
         }
         s
     }
 }
 
-/// Name of the object holding a batch: deterministic from the stream and the first and last
-/// message ids, so a replay of the same batch overwrites it.
+/// A MESSAGE key as one path segment that readers do not skip: percent-encoded (`/`
+/// included), a leading `_` or `.` encoded too (`%5F`, `%2E`), an empty key as `-` (and the
+/// key `-` as `%2D`, so different keys never share a segment).
+pub fn key_segment(key: &[u8]) -> String {
+    match key {
+        b"" => "-".to_string(),
+        b"-" => "%2D".to_string(),
+        k => visible_path(&percent_encode(k, false)),
+    }
+}
+
+/// Percent-encodes what would hide a path from [`is_hidden`]: the leading `_` or `.` of each
+/// `/`-separated segment, and a trailing `/`.
+pub fn visible_path(path: &str) -> String {
+    let (body, slash) = match path.strip_suffix('/') {
+        Some(b) => (b, "%2F"),
+        None => (path, ""),
+    };
+    let segments: Vec<String> = body
+        .split('/')
+        .map(|seg| match seg.as_bytes().first() {
+            Some(b'_') => format!("%5F{}", &seg[1..]),
+            Some(b'.') => format!("%2E{}", &seg[1..]),
+            _ => seg.to_string(),
+        })
+        .collect();
+    segments.join("/") + slash
+}
+
+/// `YYYYMMDDTHHMMSS.ffffffZ` (UTC, microseconds): fixed width, so names that start with it
+/// sort by time.
+pub fn utc_stamp(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let day_secs = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}{mo:02}{d:02}T{:02}{:02}{:02}.{:06}Z",
+        day_secs / 3600,
+        day_secs / 60 % 60,
+        day_secs % 60,
+        micros.rem_euclid(1_000_000)
+    )
+}
+
+/// A clock for object names: microseconds since the epoch, strictly increasing within the
+/// process even when the system clock stands still or steps back.
+#[derive(Debug, Default)]
+pub struct NameClock(AtomicI64);
+
+impl NameClock {
+    /// The next time: now, or just after the previous one when that is later.
+    pub fn next(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let prev = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(now);
+        now.max(prev + 1)
+    }
+}
+
+/// Name of the object holding a batch: `<prefix><UTC time>-<stream>-<first id>-<last id>`.
+/// The time (from a [`NameClock`], taken when the final write starts) leads, so within one
+/// prefix an object written later sorts after every object written before it, whatever the
+/// stream ids of the engine's incarnations; stream and ids show which messages it holds.
 pub fn batch_object_key(
     prefix: &str,
+    time_us: i64,
     stream_id: u64,
     first: u64,
     last: u64,
@@ -524,7 +589,8 @@ pub fn batch_object_key(
     compression: Compression,
 ) -> String {
     format!(
-        "{prefix}{stream_id:016x}-{first:020}-{last:020}.{}{}",
+        "{prefix}{}-{stream_id:016x}-{first:020}-{last:020}.{}{}",
+        utc_stamp(time_us),
         format.extension(),
         compression.extension()
     )
@@ -542,7 +608,8 @@ pub fn temp_object_key(prefix: &str, stream_id: u64, first: u64) -> String {
 }
 
 /// Whether a listed key is hidden from readers: a path segment after `list_prefix` starting
-/// with `_` or `.` (temporary and marker objects), or a "directory" placeholder.
+/// with `_` or `.` (temporary and marker objects), or a "directory" placeholder (ending in
+/// `/`). s3_sink never writes such a name but for its `_tmp/` objects.
 pub fn is_hidden(key: &str, list_prefix: &str) -> bool {
     if key.ends_with('/') {
         return true;
@@ -581,17 +648,35 @@ mod tests {
             t.render("s3", b"a b/c", ms),
             "out/s3/2024-02-29/13/a%20b%2Fc/"
         );
-        assert_eq!(t.render("s3", b"", ms), "out/s3/2024-02-29/13/_/");
+        assert_eq!(t.render("s3", b"", ms), "out/s3/2024-02-29/13/-/");
+        assert_eq!(t.render("s3", b"_x", ms), "out/s3/2024-02-29/13/%5Fx/");
         assert!(PrefixTemplate::new("x/{minute}").is_err());
         assert!(PrefixTemplate::new("x/{date").is_err());
     }
 
     #[test]
-    fn names_sort_by_first_id_and_temp_is_hidden() {
-        let a = batch_object_key("p/", 1, 9, 20, RecordFormat::Frames, Compression::Gzip);
-        let b = batch_object_key("p/", 1, 21, 30, RecordFormat::Frames, Compression::Gzip);
+    fn names_sort_by_time_first_and_temp_is_hidden() {
+        // 2024-02-29T13:05:00.000042Z
+        let us = (19_782i64 * 86_400 + 13 * 3600 + 300) * 1_000_000 + 42;
+        assert_eq!(utc_stamp(us), "20240229T130500.000042Z");
+        assert_eq!(utc_stamp(0), "19700101T000000.000000Z");
+        let a = batch_object_key("p/", us, 1, 9, 20, RecordFormat::Frames, Compression::Gzip);
+        assert_eq!(
+            a,
+            "p/20240229T130500.000042Z-0000000000000001-00000000000000000009-00000000000000000020.frames.gz"
+        );
+        // A later write sorts after, even from a stream whose id sorts first and whose ids
+        // start again (a restarted engine).
+        let b = batch_object_key(
+            "p/",
+            us + 1,
+            0,
+            1,
+            5,
+            RecordFormat::Frames,
+            Compression::Gzip,
+        );
         assert!(a < b);
-        assert!(a.ends_with(".frames.gz"));
         let t = temp_object_key("p/x-", 1, 9);
         assert!(t.starts_with("p/_tmp/x-"));
         assert!(is_hidden(&t, "p/"));
@@ -599,6 +684,65 @@ mod tests {
         assert!(!is_hidden(&a, "p/"));
         assert!(!is_hidden("p/_a", "p/_"));
         assert!(is_hidden("dir/", ""));
+    }
+
+    #[test]
+    fn name_clock_only_moves_forward() {
+        let c = NameClock::default();
+        let mut last = c.next();
+        assert!(last > 1_700_000_000_000_000, "microseconds since the epoch");
+        for _ in 0..10_000 {
+            let t = c.next();
+            assert!(t > last);
+            last = t;
+        }
+    }
+
+    #[test]
+    fn rendered_keys_are_never_hidden() {
+        let keys: [&[u8]; 9] = [
+            b"",
+            b"-",
+            b"_",
+            b"_internal",
+            b".cfg",
+            b"..",
+            b"a/_b",
+            b"ok",
+            b"%5F",
+        ];
+        let segs: Vec<String> = keys.iter().map(|k| key_segment(k)).collect();
+        assert_eq!(
+            segs,
+            [
+                "-",
+                "%2D",
+                "%5F",
+                "%5Finternal",
+                "%2Ecfg",
+                "%2E.",
+                "a%2F_b",
+                "ok",
+                "%255F"
+            ]
+        );
+        for s in &segs {
+            assert!(!is_hidden(&format!("by-key/{s}/x.lines"), "by-key/"), "{s}");
+        }
+        // Distinct keys, distinct segments.
+        let unique: std::collections::HashSet<&String> = segs.iter().collect();
+        assert_eq!(unique.len(), segs.len());
+        for (path, want) in [
+            ("user/_draft", "user/%5Fdraft"),
+            (".a/b/.c", "%2Ea/b/%2Ec"),
+            ("dir/", "dir%2F"),
+            ("a//b", "a//b"),
+            ("plain", "plain"),
+        ] {
+            assert_eq!(visible_path(path), want);
+            assert!(!is_hidden(&format!("pm/{want}"), "pm/"), "{want}");
+            assert!(!is_hidden(&format!("pm/{want}.gz"), "pm/"), "{want}");
+        }
     }
 
     #[test]

@@ -226,7 +226,7 @@ fn s3_source_kill9_resumes_without_repeats() {
 }
 
 #[test]
-fn s3_sink_streams_large_batches_as_multipart_and_replays_overwrite() {
+fn s3_sink_streams_large_batches_as_multipart_and_replays_sort_later() {
     let dir = scratch();
     let bucket = bucket_name("s3mp");
     rt().block_on(create_bucket(&bucket));
@@ -270,12 +270,22 @@ fn s3_sink_streams_large_batches_as_multipart_and_replays_overwrite() {
             &sink_args,
             Duration::from_secs(120),
         );
+        // Each run writes the same batch again, under a later name: a polling reader sees it.
         let keys = rt().block_on(list_keys(&bucket, ""));
+        let names: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
         assert_eq!(
-            keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
-            vec!["mp/0000000000000000-00000000000000000001-00000000000000002600.frames.zst"],
-            "round {round}: one object, named by its first and last ids, no temporary left: {}",
+            names.len(),
+            round + 1,
+            "round {round}: one object per run, no temporary left: {names:?}\n{}",
             p.stderr()
+        );
+        let newest = names[round];
+        assert!(
+            newest.starts_with("mp/2")
+                && newest.ends_with(
+                    "Z-0000000000000000-00000000000000000001-00000000000000002600.frames.zst"
+                ),
+            "named by time, stream, first and last ids: {newest}"
         );
         let uploads = rt().block_on(async {
             s3().await
@@ -289,7 +299,7 @@ fn s3_sink_streams_large_batches_as_multipart_and_replays_overwrite() {
             uploads.uploads().is_empty(),
             "no unfinished multipart upload"
         );
-        let object = rt().block_on(get_object(&bucket, &keys[0].0));
+        let object = rt().block_on(get_object(&bucket, newest));
         assert!(
             object.len() > 3 * 8 * 1024 * 1024,
             "bigger than three parts"
@@ -480,8 +490,8 @@ fn s3_source_polls_for_new_objects() {
         &[&source],
         || source.stdout() == b"one\ntwo\n",
     );
-    // The second run of the sink restarts its ids: a different stream would sort first, so
-    // write it with ids that sort after (the same input again, under a later prefix).
+    // The second run of the sink starts its ids again (same stream 0, id 1): the name still
+    // sorts after the first object, since it leads with the time of the write.
     let p = path(dir.path(), "b");
     std::fs::write(&p, "three\n").expect("write");
     run_with_stdin(
@@ -495,7 +505,7 @@ fn s3_source_polls_for_new_objects() {
             "--w-bucket",
             &bucket,
             "--w-prefix",
-            "p/z/",
+            "p/",
             "--w-batch_ms",
             "100",
         ]),
@@ -583,4 +593,248 @@ fn s3_sink_closes_a_batch_before_it_holds_all_the_engine_credits() {
         all.extend(lines);
     }
     assert_eq!(all, data);
+}
+
+#[test]
+fn s3_source_polling_reads_everything_across_engine_and_sink_restarts() {
+    // Every engine incarnation names its output stream anew (`<app>/<sink>@<start>`), so the
+    // stream ids in the object names are random per run: the names must still sort in the
+    // order the objects were written, or the polling reader would miss some.
+    let dir = scratch();
+    let bucket = bucket_name("s3restart");
+    rt().block_on(create_bucket(&bucket));
+    let _cleanup = DeleteBucket(bucket.clone());
+    let (p_feed, p_s3) = (free_port(), free_port());
+    let app = AppFile::new("s3 restarts")
+        .source("feed", p_feed, "")
+        .sink("to_s3", p_s3, "max_credits = 100000")
+        .pipeline("feed", &["to_s3"])
+        .write(dir.path());
+    let sink_args = args(&[
+        "--to_s3-bucket",
+        &bucket,
+        "--to_s3-prefix",
+        "p/",
+        "--to_s3-batch_ms",
+        "200",
+    ]);
+    let start_sink = || {
+        let sink = start(dir.path(), "s3_sink", &app, "to_s3", &sink_args);
+        assert!(
+            testkit::wait_for_port(p_s3, Duration::from_secs(30)),
+            "s3_sink listens: {}",
+            sink.stderr()
+        );
+        sink
+    };
+    let mut sink = start_sink();
+    let mut c = command("s3_source");
+    c.args([
+        "--connector",
+        "r",
+        "--to",
+        "stdout",
+        "--stats-interval",
+        "0",
+        "--r-bucket",
+        &bucket,
+        "--r-prefix",
+        "p/",
+        "--r-poll_ms",
+        "200",
+    ])
+    .args(aws_args("r"));
+    let mut reader = testkit::Proc::spawn_with(dir.path(), "poller", &mut c);
+    let resilience = dir.path().join("resilience").display().to_string();
+    let mut want: Vec<Vec<u8>> = Vec::new();
+    for run in 0..6 {
+        if run == 3 {
+            assert!(
+                sink.terminate(Duration::from_secs(30))
+                    .is_some_and(|s| s.success()),
+                "{}",
+                sink.stderr()
+            );
+            sink = start_sink();
+        }
+        let name = format!("engine-{run}");
+        let mut engine = start_engine(
+            dir.path(),
+            &name,
+            &app,
+            &["--resilience-dir", &resilience],
+            &[p_feed],
+        );
+        let text: String = (0..300).map(|i| format!("run{run}-{i:04}\n")).collect();
+        let input = path(dir.path(), &format!("in{run}.txt"));
+        std::fs::write(&input, &text).expect("write");
+        let mut feed = command("stdin_source");
+        feed.args([
+            "--application-module",
+            &app.display().to_string(),
+            "--connector",
+            "feed",
+            "--format",
+            "lines",
+            "--stats-interval",
+            "0",
+        ])
+        .stdin(std::fs::File::open(&input).expect("input"));
+        let mut feed = testkit::Proc::spawn_with(dir.path(), &format!("feed-{run}"), &mut feed);
+        let status = feed.wait_timeout(Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|s| s.success()) && !feed.stderr().contains("not acknowledged"),
+            "run {run}: {status:?}\n{}\n{}\n{}",
+            feed.stderr(),
+            sink.stderr(),
+            engine.stderr()
+        );
+        want.extend(text.lines().map(|l| l.as_bytes().to_vec()));
+        assert!(
+            engine
+                .terminate(Duration::from_secs(30))
+                .is_some_and(|s| s.success()),
+            "{}",
+            engine.stderr()
+        );
+        // Let the reader list between runs, as a tailing reader would.
+        wait_for(
+            Duration::from_secs(30),
+            &format!("the records of run {run}"),
+            &[&reader, &sink],
+            || {
+                let out = reader.stdout();
+                let got: std::collections::HashSet<&[u8]> = out.split(|b| *b == b'\n').collect();
+                want.iter().all(|w| got.contains(&w[..]))
+            },
+        );
+    }
+    let got: Vec<Vec<u8>> = reader
+        .stdout()
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    assert_all_delivered(&want, &got);
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<&Vec<u8>> = got.iter().filter(|p| seen.insert((*p).clone())).collect();
+    assert!(
+        firsts.iter().zip(want.iter()).all(|(a, b)| *a == b),
+        "records in the order they were written"
+    );
+    // Several engine incarnations, so several stream ids, in one prefix.
+    let keys = rt().block_on(list_keys(&bucket, "p/"));
+    let streams: std::collections::HashSet<&str> = keys
+        .iter()
+        .filter_map(|(k, _)| k.split('-').nth(1))
+        .collect();
+    assert_eq!(streams.len(), 6, "{keys:?}");
+    assert!(
+        reader
+            .terminate(Duration::from_secs(20))
+            .is_some_and(|s| s.success()),
+        "{}",
+        reader.stderr()
+    );
+}
+
+#[test]
+fn s3_source_reads_every_key_s3_sink_writes() {
+    // Keys that render as path segments readers skip (`_…`, `.…`, the empty key), in a
+    // `{key}` prefix and in per-message mode: s3_sink encodes them so s3_source reads them.
+    let dir = scratch();
+    let bucket = bucket_name("s3keys");
+    rt().block_on(create_bucket(&bucket));
+    let _cleanup = DeleteBucket(bucket.clone());
+    let batch = path(dir.path(), "batch.kv");
+    std::fs::write(&batch, "alice\tv1\n\tv2\n_internal\tv3\n.cfg\tv4\n-\tv5\n").expect("write");
+    run_with_stdin(
+        dir.path(),
+        "s3_sink",
+        "b",
+        &batch,
+        &args(&[
+            "--format",
+            "kv",
+            "--b-bucket",
+            &bucket,
+            "--b-prefix",
+            "by-key/{key}/",
+            "--b-batch_ms",
+            "100",
+        ]),
+        Duration::from_secs(60),
+    );
+    let per_message = path(dir.path(), "pm.kv");
+    std::fs::write(
+        &per_message,
+        "user/_draft\tv6\n.hidden\tv7\ndir/\tv8\nok\tv9\n",
+    )
+    .expect("write");
+    run_with_stdin(
+        dir.path(),
+        "s3_sink",
+        "pm",
+        &per_message,
+        &args(&[
+            "--format",
+            "kv",
+            "--pm-bucket",
+            &bucket,
+            "--pm-prefix",
+            "pm/",
+            "--pm-per_message",
+            "true",
+        ]),
+        Duration::from_secs(60),
+    );
+    let keys: Vec<String> = rt()
+        .block_on(list_keys(&bucket, ""))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let dirs: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("by-key/"))
+        .filter_map(|k| k.split('/').next())
+        .collect();
+    assert_eq!(
+        dirs,
+        ["%2D", "%2Ecfg", "%5Finternal", "-", "alice"],
+        "{keys:?}"
+    );
+    let objects: Vec<&str> = keys
+        .iter()
+        .filter(|k| k.starts_with("pm/"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        objects,
+        ["pm/%2Ehidden", "pm/dir%2F", "pm/ok", "pm/user/%5Fdraft"],
+        "{keys:?}"
+    );
+    let mut c = command("s3_source");
+    c.args([
+        "--connector",
+        "r",
+        "--to",
+        "stdout",
+        "--stats-interval",
+        "0",
+        "--r-bucket",
+        &bucket,
+    ])
+    .args(aws_args("r"));
+    let out = c.output().expect("s3_source");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9"]);
 }

@@ -24,10 +24,12 @@ use std::sync::{Arc, Mutex};
 use aws_connectors::checkpoint::CheckpointFile;
 use aws_connectors::client::{self, classify, error_code, AwsOptions, Failure};
 use aws_connectors::kinesis::{self, seq_cmp, ShardInfo};
-use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use connector_runtime::prelude::*;
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 const SPEC: ConnectorSpec = ConnectorSpec {
@@ -489,16 +491,29 @@ fn start_param(params: &Params) -> Result<Start> {
             let Some(ts) = params.get("timestamp") else {
                 bail!("iterator AT_TIMESTAMP needs the `timestamp` parameter (seconds since the epoch or RFC 3339)");
             };
-            let t = match ts.trim().parse::<f64>() {
-                Ok(secs) => DateTime::from_secs_f64(secs),
-                Err(_) => DateTime::from_str(ts.trim(), DateTimeFormat::DateTime).map_err(|e| {
-                    anyhow!("timestamp {ts:?}: {e} (use seconds since the epoch or RFC 3339)")
-                })?,
-            };
-            Start::At(ShardIteratorType::AtTimestamp, Some(t))
+            Start::At(ShardIteratorType::AtTimestamp, Some(parse_timestamp(ts)?))
         }
         other => bail!("iterator {other:?}: expected TRIM_HORIZON, LATEST or AT_TIMESTAMP"),
     })
+}
+
+/// Parses `timestamp`: seconds since the epoch (`1732550400.5`) or RFC 3339 with any offset
+/// (`2026-11-25T15:00:00Z`, `2026-11-25t16:00:00.5+01:00`).
+fn parse_timestamp(ts: &str) -> Result<DateTime> {
+    let ts = ts.trim();
+    if let Ok(secs) = ts.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            bail!("timestamp {ts:?}: seconds since the epoch must be a number >= 0");
+        }
+        return Ok(DateTime::from_secs_f64(secs));
+    }
+    let t = OffsetDateTime::parse(ts, &Rfc3339).map_err(|e| {
+        anyhow!("timestamp {ts:?}: {e}; expected seconds since the epoch (1732550400.5) or RFC 3339 (2026-11-25T15:00:00Z, 2026-11-25T16:00:00+01:00)")
+    })?;
+    Ok(DateTime::from_secs_and_nanos(
+        t.unix_timestamp(),
+        t.nanosecond(),
+    ))
 }
 
 /// Whether a shard can be started: not started or finished, ours, and its parents finished
@@ -742,6 +757,42 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_in_seconds_or_any_rfc3339_form() {
+        // 2020-01-01T00:00:00Z
+        let midnight = DateTime::from_secs(1_577_836_800);
+        for ts in [
+            "1577836800",
+            " 1577836800.0 ",
+            "2020-01-01T00:00:00Z",
+            "2020-01-01t00:00:00z",
+            "2020-01-01T01:00:00+01:00",
+            "2019-12-31T19:30:00-04:30",
+            "2020-01-01T00:00:00.000000000+00:00",
+        ] {
+            assert_eq!(parse_timestamp(ts).unwrap(), midnight, "{ts}");
+        }
+        assert_eq!(
+            parse_timestamp("2020-01-01T01:00:00.25+01:00").unwrap(),
+            DateTime::from_secs_and_nanos(1_577_836_800, 250_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("1577836800.5").unwrap(),
+            DateTime::from_secs_and_nanos(1_577_836_800, 500_000_000)
+        );
+        for bad in [
+            "",
+            "2020-01-01",
+            "2020-01-01T00:00:00",
+            "2020-13-01T00:00:00Z",
+            "-1",
+            "NaN",
+            "inf",
+        ] {
+            assert!(parse_timestamp(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn iterator_parameter() {
         let p = Params::from_pairs(
             "k",
@@ -763,6 +814,9 @@ mod tests {
             "k",
             &[("iterator", "AT_TIMESTAMP"), ("timestamp", "yesterday")],
         );
+        let e = format!("{:#}", start_param(&p).unwrap_err());
+        assert!(e.contains("\"yesterday\"") && e.contains("RFC 3339"), "{e}");
+        let p = Params::from_pairs("k", &[("iterator", "AT_TIMESTAMP")]);
         assert!(start_param(&p).is_err());
         let p = Params::from_pairs("k", &[("iterator", "OLDEST")]);
         assert!(format!("{:#}", start_param(&p).unwrap_err()).contains("TRIM_HORIZON"));

@@ -4,16 +4,20 @@
 //! `compression` (none / gzip / zstd), to one object per batch and output stream. A batch is
 //! closed when it holds `batch_bytes` (before compression), when it is `batch_ms` old, or when
 //! it holds as many messages as the engine may have unacknowledged (the sink's `max_credits`).
-//! Its object is named `<prefix><stream>-<first id>-<last id>.<format>[.gz|.zst]`, so a replay
-//! of the same batch overwrites the object instead of adding a second copy. `prefix` may
-//! contain `{date}` and `{hour}` (UTC, from the message's event time, else the clock),
-//! `{connector}` and `{key}` (the MESSAGE key, percent-encoded): messages with different
-//! prefixes go to different objects. A batch whose compressed size passes 8 MiB is uploaded
-//! as a multipart upload while it is being written (8 MiB parts, so memory stays bounded),
-//! under `<prefix dir>_tmp/`, then copied to its final name.
+//! Its object is named `<prefix><UTC time>-<stream>-<first id>-<last id>.<format>[.gz|.zst]`,
+//! the time taken when its final write starts. The final writes into one prefix run one after
+//! the other, each once the previous one is complete, so within a prefix an object that
+//! appears later always sorts after the ones before it, across engine and sink restarts (what
+//! a polling s3_source needs); a replayed batch is written again under a later name. `prefix`
+//! may contain `{date}` and `{hour}` (UTC, from the message's event time, else the clock),
+//! `{connector}` and `{key}` (the MESSAGE key, percent-encoded, see `s3::key_segment`):
+//! messages with different prefixes go to different objects. A batch whose compressed size
+//! passes 8 MiB is uploaded as a multipart upload while it is being written (8 MiB parts, so
+//! memory stays bounded), under `<prefix dir>_tmp/`, then copied to its final name.
 //!
 //! `per_message=true` keeps the seed's behaviour: the MESSAGE key is the object key (after
-//! `prefix`), the payload its body.
+//! `prefix`), the payload its body; a leading `_` or `.` of a key segment, and a trailing
+//! `/`, are percent-encoded so that s3_source does not skip the object.
 //!
 //! Guarantee: at-least-once. A message is acknowledged to the engine only after the PUT (or
 //! CompleteMultipartUpload and copy) of its object succeeded, in order per stream.
@@ -22,16 +26,18 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use aws_connectors::acks::{SinkAcks, Ticket};
 use aws_connectors::client::{self, AwsOptions};
-use aws_connectors::s3::{self, Compression, Compressor, PrefixTemplate, RecordFormat};
+use aws_connectors::s3::{self, Compression, Compressor, NameClock, PrefixTemplate, RecordFormat};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use connector_runtime::args::Input;
 use connector_runtime::prelude::*;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
 const SPEC: ConnectorSpec = ConnectorSpec {
@@ -69,6 +75,7 @@ struct Target {
     bucket: String,
     format: RecordFormat,
     compression: Compression,
+    clock: Arc<NameClock>,
 }
 
 /// A batch being filled.
@@ -130,11 +137,13 @@ async fn run(ctx: Context, mut sink: Sink) -> Result<()> {
             bucket,
             format: ctx.params.required("format")?.parse()?,
             compression: ctx.params.required("compression")?.parse()?,
+            clock: Arc::default(),
         },
         acks: SinkAcks::default(),
         uploads: FuturesUnordered::new(),
         open: HashMap::new(),
         busy_keys: HashSet::new(),
+        turns: HashMap::new(),
     };
     loop {
         let deadline = w.deadline();
@@ -179,6 +188,9 @@ struct Writer {
     open: HashMap<(u64, String), OpenBatch>,
     /// Object keys being written (per-message mode).
     busy_keys: HashSet<String>,
+    /// Per rendered prefix, resolves when the last batch upload queued for it is complete:
+    /// the next one waits for it before it takes its name (batch mode).
+    turns: HashMap<String, oneshot::Receiver<()>>,
 }
 
 impl Writer {
@@ -332,8 +344,14 @@ impl Writer {
                 None => break,
             }
         }
-        self.uploads
-            .push(Box::pin(finish_batch(self.target.clone(), b)));
+        let (visible, turn) = oneshot::channel();
+        let previous = self.turns.insert(b.prefix.clone(), turn);
+        self.uploads.push(Box::pin(finish_batch(
+            self.target.clone(),
+            b,
+            previous,
+            visible,
+        )));
         Ok(())
     }
 
@@ -341,6 +359,9 @@ impl Writer {
     fn finished(&mut self, done: Result<Finished>) -> Result<()> {
         let f = done?;
         self.busy_keys.remove(&f.key);
+        // Forget the prefixes whose last upload is complete.
+        self.turns
+            .retain(|_, t| matches!(t.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
         tracing::debug!("uploaded {} ({} messages)", f.key, f.tickets.len());
         for t in f.tickets {
             self.acks.complete(t);
@@ -358,9 +379,9 @@ fn object_key_for(
     let name = if msg.key.is_empty() {
         format!("{:016x}-{:020}", msg.stream_id, msg.message_id)
     } else {
-        std::str::from_utf8(&msg.key)
-            .map_err(|_| "message key is not UTF-8, so it cannot be an S3 object key".to_string())?
-            .to_string()
+        s3::visible_path(std::str::from_utf8(&msg.key).map_err(|_| {
+            "message key is not UTF-8, so it cannot be an S3 object key".to_string()
+        })?)
     };
     let key = format!("{prefix}{name}{}", c.extension());
     if key.len() > 1024 {
@@ -426,18 +447,30 @@ async fn send_part(t: &Target, mp: &Multipart, data: bytes::Bytes) -> Result<Com
 }
 
 /// Finishes a batch's object: one PUT, or the last part + complete + copy to the final name.
-async fn finish_batch(t: Target, b: OpenBatch) -> Result<Finished> {
-    let key = s3::batch_object_key(
-        &b.prefix,
-        b.stream_id,
-        b.first,
-        b.last,
-        t.format,
-        t.compression,
-    );
+/// The final write waits for `previous` (the upload queued before it in the same prefix) and
+/// then takes its name from the clock; `visible` tells the next one that it is complete.
+async fn finish_batch(
+    t: Target,
+    b: OpenBatch,
+    previous: Option<oneshot::Receiver<()>>,
+    visible: oneshot::Sender<()>,
+) -> Result<Finished> {
     let rest = bytes::Bytes::from(b.comp.finish()?);
-    match b.multipart {
+    let name = |t: &Target| {
+        s3::batch_object_key(
+            &b.prefix,
+            t.clock.next(),
+            b.stream_id,
+            b.first,
+            b.last,
+            t.format,
+            t.compression,
+        )
+    };
+    let key = match b.multipart {
         None => {
+            wait_turn(previous).await;
+            let key = name(&t);
             client::retry(&t.ctx, &format!("PutObject {key}"), || {
                 let req = t
                     .client
@@ -448,6 +481,8 @@ async fn finish_batch(t: Target, b: OpenBatch) -> Result<Finished> {
                 req.send()
             })
             .await?;
+            let _ = visible.send(());
+            key
         }
         Some(mut mp) => {
             if !rest.is_empty() || mp.parts.is_empty() {
@@ -490,6 +525,8 @@ async fn finish_batch(t: Target, b: OpenBatch) -> Result<Finished> {
                     _ => return Err(e),
                 }
             }
+            wait_turn(previous).await;
+            let key = name(&t);
             let source = format!(
                 "{}/{}",
                 t.bucket,
@@ -504,6 +541,7 @@ async fn finish_batch(t: Target, b: OpenBatch) -> Result<Finished> {
                     .send()
             })
             .await?;
+            let _ = visible.send(());
             client::retry(&t.ctx, &format!("DeleteObject {}", mp.key), || {
                 t.client
                     .delete_object()
@@ -512,12 +550,21 @@ async fn finish_batch(t: Target, b: OpenBatch) -> Result<Finished> {
                     .send()
             })
             .await?;
+            key
         }
-    }
+    };
     Ok(Finished {
         tickets: b.tickets,
         key,
     })
+}
+
+/// Waits until the upload queued before this one in the same prefix is complete (or failed,
+/// which stops the sink).
+async fn wait_turn(previous: Option<oneshot::Receiver<()>>) {
+    if let Some(p) = previous {
+        let _ = p.await;
+    }
 }
 
 /// Uploads one message as one object (per-message mode).

@@ -5,8 +5,9 @@
 //! else lines) after decompression chosen by extension (`.gz`, `.zst`). Every object is one
 //! protocol stream (`s3://<bucket>/<key>`) whose message ids are the byte offsets just after
 //! each record in the (decompressed) object, so ids increase and the engine's resume point is
-//! an offset in the object. Keys with a path segment starting with `_` or `.` (e.g. the
-//! `_tmp/` of s3_sink's multipart uploads) are skipped.
+//! an offset in the object. Keys with a path segment starting with `_` or `.` after the
+//! prefix (e.g. the `_tmp/` of s3_sink's multipart uploads, `_SUCCESS` markers) and keys
+//! ending in `/` (folder placeholders) are skipped; s3_sink writes no other such name.
 //!
 //! The checkpoint (`checkpoint_dir`) holds the last key before which everything was
 //! acknowledged, plus the acknowledged offset of each object in flight; it is written
