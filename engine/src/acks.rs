@@ -226,14 +226,21 @@ impl AckTracker {
             }
             let Some(conn) = rec.owner else { continue };
             // Never past what this connection sent, never backwards, never u64::MAX.
+            let mut sent = false;
             if let (Some(done), Some(max)) = (rec.done, rec.conn_max_received) {
                 let point = done.min(max);
                 if !matches!(rec.conn_last_acked, Some(l) if point <= l) {
                     rec.conn_last_acked = Some(point);
                     out.push((conn, *sid, point));
+                    sent = true;
                 }
             }
             if rec.eos && rec.marks.is_empty() && rec.conn_last_acked >= rec.conn_max_received {
+                // EOS is always answered with the final point, even when it went out
+                // before (a client waits for an ACK at its last id after EOS).
+                if let (false, Some(last)) = (sent, rec.conn_last_acked) {
+                    out.push((conn, *sid, last));
+                }
                 rec.owner = None;
                 rec.eos = false;
             }

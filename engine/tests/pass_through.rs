@@ -236,6 +236,16 @@ fn notify_resume_points_dedup_and_stream_ownership() {
     let mut c = Raw::connect(&f.src);
     c.hello("");
     assert_eq!(c.notify(9, "nine", u64::MAX), (true, 1600));
+    // EOS with nothing new (its last point went out already, here in NOTIFY_ACK) is
+    // still answered with that point: Wallaroo's client waits for it.
+    c.send(&Frame::Eos { stream_id: 9 });
+    assert_eq!(c.wait_ack(9, 1600, T), vec![1600]);
+    // Likewise after messages whose ACK came before the EOS.
+    assert_eq!(c.notify(9, "nine", u64::MAX), (true, 1600));
+    c.send(&msg(9, 1700, b"", &[17]));
+    c.wait_ack(9, 1700, T);
+    c.send(&Frame::Eos { stream_id: 9 });
+    assert_eq!(c.wait_ack(9, 1700, T), vec![1700]);
     f.engine.take().unwrap().stop().unwrap();
     drop(f.dir);
 }
