@@ -581,7 +581,9 @@ async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Prepared>
     };
     let mut trigger = None;
     if first {
-        check_id_source(c, &table, id.num, &id.ident()).await;
+        for problem in id_sequence_problems(c, &table, id.num, &id.ident()).await {
+            tracing::warn!("{problem}");
+        }
         refuse_non_positive_ids(c, &table, &id.ident()).await?;
         if cfg.install_trigger {
             trigger = Some(ensure_trigger(c, &table, &cfg.channel).await?);
@@ -658,39 +660,55 @@ async fn setup(pg: &PgConn, cfg: &SourceConfig, first: bool) -> Result<Prepared>
     })
 }
 
-/// Warns about id columns whose sequence hands out ids out of time order.
-async fn check_id_source(c: &tokio_postgres::Client, table: &TableInfo, attnum: i16, col: &str) {
+/// What is wrong with the sequence that fills the id column, if anything: a CACHE above 1
+/// hands out ids out of time order (rows may be skipped), a MINVALUE below 1 ids this source
+/// never reads. The sequence is found as the column's own (serial, identity, OWNED BY) or
+/// as the one its default calls `nextval` on.
+async fn id_sequence_problems(
+    c: &tokio_postgres::Client,
+    table: &TableInfo,
+    attnum: i16,
+    col: &str,
+) -> Vec<String> {
     let r = c
         .query_opt(
             "SELECT s.seqcache, s.seqmin FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid \
              WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
-             AND d.refobjid = $1 AND d.refobjsubid = $2 AND d.deptype IN ('a', 'i') LIMIT 1",
-            &[&table.oid, &(attnum as i32)],
+             AND d.refobjid = $1 AND d.refobjsubid = $2 AND d.deptype IN ('a', 'i') \
+             UNION ALL \
+             SELECT s.seqcache, s.seqmin FROM pg_attrdef a \
+             JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = a.oid \
+             AND d.refclassid = 'pg_class'::regclass \
+             JOIN pg_sequence s ON s.seqrelid = d.refobjid \
+             WHERE a.adrelid = $1 AND a.adnum = $3 LIMIT 1",
+            &[&table.oid, &(attnum as i32), &attnum],
         )
         .await;
+    let mut problems = Vec::new();
     match r {
         Ok(Some(row)) => {
             let cache: i64 = row.get(0);
             let min: i64 = row.get(1);
-            if min <= 0 {
-                tracing::warn!(
-                    "the sequence of {}.{col} may hand out ids down to {min}: rows with ids of 0 or less are never read; ALTER SEQUENCE ... MINVALUE 1",
-                    table.name
-                );
-            }
             if cache > 1 {
-                tracing::warn!(
+                problems.push(format!(
                     "the sequence of {}.{col} has CACHE {cache}: sessions hand out ids from their own blocks, out of time order, and rows may be skipped; ALTER SEQUENCE ... CACHE 1",
                     table.name
-                );
+                ));
+            }
+            if min <= 0 {
+                problems.push(format!(
+                    "the sequence of {}.{col} may hand out ids down to {min}: rows with ids of 0 or less are never read; ALTER SEQUENCE ... MINVALUE 1",
+                    table.name
+                ));
             }
         }
         Ok(None) => tracing::info!(
-            "{}.{col} is not filled by an owned sequence: ids must still increase with insert time",
+            "{}.{col} is not filled by a sequence: ids must still increase with insert time",
             table.name
         ),
         Err(e) => tracing::debug!("cannot inspect the id sequence: {}", describe(&e)),
     }
+    problems
 }
 
 /// Message ids are unsigned and the reader starts above 0: rows with an id of 0 or less
@@ -826,6 +844,21 @@ pub async fn check(config: &Config, cfg: &SourceConfig) -> Vec<Check> {
         format!("table `{}` readable by id `{}`", cfg.table, cfg.id_column),
         r,
     ));
+    if ok {
+        if let Ok(t) = TableInfo::lookup(&pg.client, &cfg.table).await {
+            if let Ok(id) = t.column(&cfg.id_column, "id_column") {
+                let problems = id_sequence_problems(&pg.client, &t, id.num, &id.ident()).await;
+                let what = format!(
+                    "the sequence filling `{}` hands out ids in time order",
+                    cfg.id_column
+                );
+                checks.push(match problems.is_empty() {
+                    true => Check::ok(what),
+                    false => Check::fail(what, problems.join("; ")),
+                });
+            }
+        }
+    }
     if ok && !cfg.install_trigger {
         if let Ok(t) = TableInfo::lookup(&pg.client, &cfg.table).await {
             let present = trigger_present(&pg.client, &t, &cfg.channel).await;

@@ -276,3 +276,34 @@ fn rows_with_ids_below_1_and_overlong_channels_are_refused_at_start() {
     // Nothing was installed that would break the table's writers.
     db.exec(&format!("INSERT INTO {t} VALUES (2, 'two')"));
 }
+
+#[test]
+fn a_cached_sequence_behind_the_id_default_is_reported() {
+    let url = common::url();
+    let seq = common::table("pgseq");
+    let db = Db::connect(&url);
+    db.exec(&format!("CREATE SEQUENCE {seq} CACHE 20"));
+    let table = common::test_table(
+        "pgcache",
+        &format!("id bigint PRIMARY KEY DEFAULT nextval('{seq}'), body text NOT NULL"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(testkit::bin("postgres_source"))
+        .current_dir(dir.path())
+        .args(["--connector", "src", "--to", "stdout", "--check"])
+        .args(args(
+            "src",
+            &[
+                ("connection", url.as_str()),
+                ("table", table.name.as_str()),
+                ("payload", "body"),
+            ],
+        ))
+        .output()
+        .expect("run postgres_source --check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("has CACHE 20"), "{stdout}");
+    drop(table);
+    db.exec(&format!("DROP SEQUENCE {seq}"));
+}
