@@ -307,6 +307,13 @@ fn main() -> ExitCode {
             };
             let commit_every: u64 = ctx.params.parse_or("commit_interval_ms", 1000)?;
             let drain_timeout: u64 = ctx.params.parse_or("drain_timeout_secs", 30)?;
+            // A regex subscription sees topics created later only at a metadata refresh:
+            // every 10 s rather than librdkafka's 5 minutes (an `option` still overrides it).
+            let refresh = if topics.iter().any(|t| t.starts_with('^')) {
+                "10000"
+            } else {
+                "300000"
+            };
             let mut config = kc::client_config(
                 &brokers,
                 &[
@@ -315,6 +322,7 @@ fn main() -> ExitCode {
                     ("enable.auto.offset.store", "false"),
                     ("auto.offset.reset", start),
                     ("statistics.interval.ms", "5000"),
+                    ("topic.metadata.refresh.interval.ms", refresh),
                 ],
                 ctx.params.all("option"),
                 &ctx.connector,

@@ -147,6 +147,8 @@ fn main() -> ExitCode {
                         }
                     };
                     let mut again = Vec::new();
+                    // One line per round of refusals, naming the first, not one per message.
+                    let mut first_refusal: Option<(u64, String, String)> = None;
                     for (mut p, outcome) in todo.into_iter().zip(outcomes) {
                         let msg = &batch[p.index];
                         match outcome {
@@ -159,13 +161,20 @@ fn main() -> ExitCode {
                             }
                             Outcome::Refused(why) => {
                                 ctx.metrics.error("refused");
-                                if p.attempts == 0 {
-                                    tracing::warn!("message {} (routing key {:?}): {why}; retrying", msg.message_id, p.routing_key.as_str());
+                                if first_refusal.is_none() {
+                                    first_refusal = Some((msg.message_id, p.routing_key.to_string(), why));
                                 }
                                 p.attempts += 1;
                                 again.push(p);
                             }
                         }
+                    }
+                    if let Some((id, key, why)) = first_refusal {
+                        tracing::warn!(
+                            "{} of {} messages refused (first: message {id}, routing key {key:?}: {why}); publishing them again after a back-off",
+                            again.len(),
+                            batch.len()
+                        );
                     }
                     todo = again;
                     if !todo.is_empty() {
