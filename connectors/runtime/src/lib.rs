@@ -33,13 +33,13 @@ pub use check::Check;
 pub use context::Context;
 pub use run::{sink, source, ConnectorBuilder};
 pub use sink::{Sink, SinkMessage};
-pub use source::{Acked, Acks, Source, StreamHandle, Written};
+pub use source::{Acked, Acks, Source, StreamHandle, Written, IDLE_FLUSH};
 
 /// Everything a connector file usually needs, in one import.
 pub mod prelude {
     pub use crate::{
         sink, source, Acked, Acks, Backoff, Check, ConnectorSpec, Context, InOrderAcks, Param,
-        Params, Sink, SinkMessage, Source, StreamHandle, Written,
+        Params, Sink, SinkMessage, Source, StreamHandle, Written, IDLE_FLUSH,
     };
     pub use anyhow::{anyhow, bail, Context as _, Result};
     pub use application::Direction;

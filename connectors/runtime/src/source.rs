@@ -122,6 +122,11 @@ impl Acks {
     }
 }
 
+/// How often a source with nothing to send should call [`Source::flush`] (or
+/// [`Source::keep_alive`]) so that it notices a lost engine connection and resends what the
+/// engine had not acknowledged, without waiting for new upstream data.
+pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
+
 /// What became of a record handed to [`Source::write`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -327,7 +332,9 @@ impl Source {
         Ok(())
     }
 
-    /// Sends everything buffered.
+    /// Sends everything buffered. When the engine connection was lost meanwhile (the engine
+    /// restarted, say), this reconnects and resends what the engine has not acknowledged,
+    /// so a source that flushes on an idle timer recovers without new upstream data.
     pub async fn flush(&mut self) -> Result<()> {
         match &mut self.inner {
             Inner::Engine(l) => l.flush().await,
@@ -372,11 +379,10 @@ impl Source {
     }
 
     /// Checks the engine connection without waiting: when it failed (closed, RESTART), this
-    /// reconnects and resends what the engine has not acknowledged, as [`Source::write`] and
-    /// [`Source::flush`] do; otherwise it flushes. A source whose upstream stops delivering
-    /// until earlier messages are acknowledged (RabbitMQ's prefetch, a bounded lease) calls
-    /// this on a timer while idle: without it a lost engine connection is only noticed at
-    /// the next write, which then never comes.
+    /// reconnects and resends what the engine has not acknowledged; otherwise it flushes.
+    /// The same as [`Source::flush`], under the name that says why an idle source calls it
+    /// on a timer: without such a call a lost engine connection is only noticed at the next
+    /// write, which may not come for a long time (RabbitMQ's prefetch, a quiet topic).
     pub async fn keep_alive(&mut self) -> Result<()> {
         match &mut self.inner {
             Inner::Engine(l) => l.keep_alive().await,
@@ -1019,6 +1025,8 @@ impl EngineLink {
 
     async fn keep_alive(&mut self) -> Result<()> {
         let lost = match self.conn.as_mut() {
+            // Not connected yet: the first notify connects.
+            None if self.streams.is_empty() => return Ok(()),
             None => Some("not connected".to_string()),
             Some(conn) => loop {
                 match conn.control.try_recv() {

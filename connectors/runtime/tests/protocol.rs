@@ -247,6 +247,46 @@ async fn acknowledgements_received_while_idle_are_not_replayed_after_a_reconnect
 }
 
 #[tokio::test]
+async fn an_idle_flush_notices_a_lost_engine_and_resends_what_it_had_not_acknowledged() {
+    let (listener, endpoint) = engine_listener().await;
+    let client = tokio::spawn(async move {
+        let mut source = source_for(endpoint);
+        let s = source.notify("quiet", None).await.unwrap();
+        for id in 1..=3u64 {
+            source.write(s.id, id, b"", b"x").await.unwrap();
+        }
+        source.flush().await.unwrap();
+        // No new upstream data: only the idle flush runs.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        source.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        source.drain(Duration::from_secs(10)).await.unwrap()
+    });
+    let (mut f, _, _) = accept_fresh(&listener).await;
+    for want in 1..=3u64 {
+        assert_eq!(msg_id(&next(&mut f).await), want);
+    }
+    drop(f); // the engine goes away before acknowledging anything
+    let (mut f, sid, _) = tokio::time::timeout(Duration::from_secs(3), accept_fresh(&listener))
+        .await
+        .expect("the idle flush reconnects at once, not at the next write");
+    for want in 1..=3u64 {
+        assert_eq!(
+            msg_id(&next(&mut f).await),
+            want,
+            "resent to the new engine"
+        );
+    }
+    f.send(Frame::Ack {
+        credits: 0,
+        acks: vec![(sid, 3)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(client.await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn source_stops_on_credits_and_resumes_on_grant() {
     let (listener, endpoint) = engine_listener().await;
     let client = tokio::spawn(async move {

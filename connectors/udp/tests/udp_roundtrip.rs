@@ -241,3 +241,67 @@ fn a_bad_parameter_is_reported_without_waiting_for_the_engine() {
         "waited for the engine: {err}"
     );
 }
+
+#[test]
+fn datagrams_sent_before_an_engine_restart_arrive_without_new_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine_port, sink_port) = (free_port(), free_port());
+    let udp_in = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let in_port = udp_in.local_addr().unwrap().port();
+    drop(udp_in);
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let out_port = receiver.local_addr().unwrap().port();
+    let app = AppFile::new("udp engine restart")
+        .source("feed", engine_port, "")
+        .sink("out", sink_port, "")
+        .pipeline("feed", &["out"])
+        .write(dir.path());
+    // No sink yet: the engine cannot acknowledge what udp_source sends.
+    let mut engine = start_engine(dir.path(), "engine", &app, &[], &[engine_port]);
+    let source = start_connector(
+        dir.path(),
+        "udp_source",
+        &app,
+        "feed",
+        &["--feed-port".into(), in_port.to_string()],
+    );
+    assert!(
+        testkit::wait_until(Duration::from_secs(20), || source
+            .stderr()
+            .contains("connected to engine")),
+        "udp_source did not connect: {}",
+        source.stderr()
+    );
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..5 {
+        sender
+            .send_to(format!("d{i}").as_bytes(), ("127.0.0.1", in_port))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    engine.kill9();
+    let _engine = start_engine(dir.path(), "engine2", &app, &[], &[engine_port]);
+    let _sink = start_connector(
+        dir.path(),
+        "udp_sink",
+        &app,
+        "out",
+        &["--out-port".into(), out_port.to_string()],
+    );
+    // No datagram is sent any more: udp_source's idle flush finds the new engine.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 5 {
+        let n = receiver.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "only {got:?} arrived ({e}); udp_source: {}",
+                source.stderr()
+            )
+        });
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(got, ["d0", "d1", "d2", "d3", "d4"]);
+}

@@ -232,7 +232,11 @@ async fn run(ctx: Context, mut source: Source) -> Result<()> {
                     None => bail!("all shard readers stopped"),
                 },
                 got = acks.next() => r.on_acks(&mut source, got).await?,
-                _ = save.tick() => r.save_if_dirty()?,
+                _ = save.tick() => {
+                    r.save_if_dirty()?;
+                    // Idle or not: notices a lost engine connection and resends.
+                    source.flush().await?;
+                }
                 _ = refresh.tick() => r.refresh_now = true,
                 _ = ctx.shutdown.cancelled() => return Ok(()),
             }

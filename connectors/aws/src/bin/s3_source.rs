@@ -177,6 +177,8 @@ async fn run(ctx: Context, mut source: Source) -> Result<()> {
                 while r.open.iter().filter(|o| !o.closed).count() >= MAX_OPEN_OBJECTS {
                     tokio::select! {
                         got = r.acks.next() => r.on_acks(&mut source, got).await?,
+                        // Notices a lost engine connection and resends.
+                        _ = tokio::time::sleep(IDLE_FLUSH) => source.flush().await?,
                         _ = ctx.shutdown.cancelled() => break 'listing,
                     }
                 }
@@ -199,6 +201,7 @@ async fn run(ctx: Context, mut source: Source) -> Result<()> {
             loop {
                 tokio::select! {
                     got = r.acks.next() => r.on_acks(&mut source, got).await?,
+                    _ = tokio::time::sleep(IDLE_FLUSH) => source.flush().await?,
                     _ = tokio::time::sleep_until(until) => break,
                     _ = ctx.shutdown.cancelled() => break 'listing,
                 }
@@ -208,6 +211,7 @@ async fn run(ctx: Context, mut source: Source) -> Result<()> {
         while r.open.iter().any(|o| !o.closed) && !ctx.is_shutting_down() {
             tokio::select! {
                 got = r.acks.next() => r.on_acks(&mut source, got).await?,
+                _ = tokio::time::sleep(IDLE_FLUSH) => source.flush().await?,
                 _ = ctx.shutdown.cancelled() => break,
             }
         }

@@ -424,7 +424,11 @@ async fn run(
                 }
             },
             got = acks.next() => lock(shared).absorb(got),
-            _ = tick.tick() => commit(consumer, shared, CommitMode::Async),
+            _ = tick.tick() => {
+                commit(consumer, shared, CommitMode::Async);
+                // Idle or not: notices a lost engine connection and resends (IDLE_FLUSH).
+                source.flush().await?;
+            }
             first = stream.next() => {
                 let mut next = first;
                 let mut n = 0;

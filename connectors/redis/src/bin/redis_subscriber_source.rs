@@ -62,6 +62,8 @@ fn main() -> ExitCode {
                         source.flush().await?;
                         tokio::select! {
                             m = rx.recv() => m,
+                            // Idle: the flush above notices a lost engine connection.
+                            _ = tokio::time::sleep(IDLE_FLUSH) => continue,
                             _ = ctx.shutdown.cancelled() => None,
                         }
                     }

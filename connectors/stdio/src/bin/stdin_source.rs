@@ -32,6 +32,8 @@ fn main() -> ExitCode {
                     source.flush().await?;
                     tokio::select! {
                         n = input.next() => n,
+                        // Idle: the flush above notices a lost engine connection.
+                        _ = tokio::time::sleep(IDLE_FLUSH) => continue,
                         _ = ctx.shutdown.cancelled() => break,
                     }
                 }

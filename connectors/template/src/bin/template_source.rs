@@ -114,7 +114,8 @@ fn main() -> ExitCode {
                 }
                 // Send what is buffered, wait (up to 30 s) until the engine acknowledged all
                 // of it, then end the stream. A source that never ends (a topic, a socket)
-                // calls `source.flush()` whenever upstream has nothing ready instead.
+                // calls `source.flush()` whenever upstream has nothing ready instead, and
+                // every IDLE_FLUSH while it waits (that is how it notices a lost engine).
                 source.finish(stream.id, Duration::from_secs(30)).await
             }
             .await;

@@ -60,6 +60,11 @@ fn main() -> ExitCode {
         loop {
             let n = tokio::select! {
                 r = socket.recv(&mut buf) => r?,
+                _ = tokio::time::sleep(IDLE_FLUSH) => {
+                    // Idle: notices a lost engine connection and resends.
+                    source.flush().await?;
+                    continue;
+                }
                 _ = ctx.shutdown.cancelled() => break,
             };
             let mut next = Some(n);
