@@ -547,7 +547,7 @@ fn command(spec: &ConnectorSpec, connector: &str) -> Command {
             Arg::new("max-frame-bytes")
                 .long("max-frame-bytes")
                 .value_name("N")
-                .help("Largest protocol frame accepted [default: 16777216]"),
+                .help("Largest protocol frame sent or accepted [default: the application module's max_frame_bytes, else 16777216]"),
         )
         .arg(
             Arg::new("check")
