@@ -467,23 +467,7 @@ fn s3_source_polls_for_new_objects() {
         );
     };
     write("a", "one\ntwo\n");
-    let mut c = command("s3_source");
-    c.args([
-        "--connector",
-        "r",
-        "--to",
-        "stdout",
-        "--stats-interval",
-        "0",
-        "--r-bucket",
-        &bucket,
-        "--r-prefix",
-        "p/",
-        "--r-poll_ms",
-        "200",
-    ])
-    .args(aws_args("r"));
-    let mut source = testkit::Proc::spawn_with(dir.path(), "poller", &mut c);
+    let mut source = start_poller(dir.path(), &bucket, "p/");
     wait_for(
         Duration::from_secs(30),
         "the first object",
@@ -628,23 +612,7 @@ fn s3_source_polling_reads_everything_across_engine_and_sink_restarts() {
         sink
     };
     let mut sink = start_sink();
-    let mut c = command("s3_source");
-    c.args([
-        "--connector",
-        "r",
-        "--to",
-        "stdout",
-        "--stats-interval",
-        "0",
-        "--r-bucket",
-        &bucket,
-        "--r-prefix",
-        "p/",
-        "--r-poll_ms",
-        "200",
-    ])
-    .args(aws_args("r"));
-    let mut reader = testkit::Proc::spawn_with(dir.path(), "poller", &mut c);
+    let mut reader = start_poller(dir.path(), &bucket, "p/");
     let resilience = dir.path().join("resilience").display().to_string();
     let mut want: Vec<Vec<u8>> = Vec::new();
     for run in 0..6 {

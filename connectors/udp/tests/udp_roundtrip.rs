@@ -57,6 +57,26 @@ fn bind_with_big_buffer() -> UdpSocket {
     s.into()
 }
 
+/// Starts udp_source (connector `feed`) reading UDP `port`; returns once it is connected to
+/// the engine.
+fn start_udp_source(dir: &std::path::Path, app: &std::path::Path, port: u16) -> testkit::Proc {
+    let source = start_connector(
+        dir,
+        "udp_source",
+        app,
+        "feed",
+        &["--feed-port".into(), port.to_string()],
+    );
+    assert!(
+        testkit::wait_until(Duration::from_secs(20), || source
+            .stderr()
+            .contains("connected to engine")),
+        "udp_source did not connect: {}",
+        source.stderr()
+    );
+    source
+}
+
 #[test]
 fn hundred_thousand_datagrams_round_trip_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,20 +100,7 @@ fn hundred_thousand_datagrams_round_trip_byte_for_byte() {
         &["--out-port".into(), out_port.to_string()],
     );
     let _engine = start_engine(dir.path(), "engine", &app, &[], &[engine_port]);
-    let mut source = start_connector(
-        dir.path(),
-        "udp_source",
-        &app,
-        "feed",
-        &["--feed-port".into(), in_port.to_string()],
-    );
-    assert!(
-        testkit::wait_until(Duration::from_secs(20), || source
-            .stderr()
-            .contains("connected to engine")),
-        "udp_source did not connect: {}",
-        source.stderr()
-    );
+    let mut source = start_udp_source(dir.path(), &app, in_port);
 
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
@@ -261,20 +268,7 @@ fn datagrams_sent_before_an_engine_restart_arrive_without_new_traffic() {
         .write(dir.path());
     // No sink yet: the engine cannot acknowledge what udp_source sends.
     let mut engine = start_engine(dir.path(), "engine", &app, &[], &[engine_port]);
-    let source = start_connector(
-        dir.path(),
-        "udp_source",
-        &app,
-        "feed",
-        &["--feed-port".into(), in_port.to_string()],
-    );
-    assert!(
-        testkit::wait_until(Duration::from_secs(20), || source
-            .stderr()
-            .contains("connected to engine")),
-        "udp_source did not connect: {}",
-        source.stderr()
-    );
+    let source = start_udp_source(dir.path(), &app, in_port);
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..5 {
         sender

@@ -484,3 +484,24 @@ pub fn feed_frames(dir: &Path, app: &Path, input: &Path) -> Proc {
     .stdin(std::fs::File::open(input).expect("input"));
     Proc::spawn_with(dir, "stdin_source", &mut feed)
 }
+
+/// `s3_source --to stdout` polling `prefix` of `bucket` every 200 ms, as connector `r`.
+pub fn start_poller(dir: &Path, bucket: &str, prefix: &str) -> testkit::Proc {
+    let mut c = command("s3_source");
+    c.args([
+        "--connector",
+        "r",
+        "--to",
+        "stdout",
+        "--stats-interval",
+        "0",
+        "--r-bucket",
+        bucket,
+        "--r-prefix",
+        prefix,
+        "--r-poll_ms",
+        "200",
+    ])
+    .args(aws_args("r"));
+    testkit::Proc::spawn_with(dir, "poller", &mut c)
+}
