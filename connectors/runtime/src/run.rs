@@ -224,7 +224,7 @@ where
     };
     let direction = builder.spec.direction;
     let spec = builder.spec;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         if ctx.options.check {
             return run_checks(ctx, spec, check).await;
         }
@@ -259,7 +259,11 @@ where
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The body is done. Do not wait for a read of standard input blocked on a thread (an
+    // open, idle stdin would otherwise keep a `--from stdin` sink alive after SIGTERM).
+    rt.shutdown_timeout(Duration::from_millis(200));
+    code
 }
 
 /// `{e:#}` without repeating a cause whose text the message before it already contains

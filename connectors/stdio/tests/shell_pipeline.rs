@@ -177,3 +177,35 @@ fn stdin_source_to_engine_to_stdout_sink() {
     );
     assert!(sink.is_running());
 }
+
+#[test]
+fn a_sink_reading_an_open_idle_stdin_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = OpenStdin::spawn(
+        dir.path(),
+        "stdout_sink",
+        &bin("stdout_sink"),
+        &[
+            "--connector".into(),
+            "out".into(),
+            "--from".into(),
+            "stdin".into(),
+            "--stats-interval".into(),
+            "0".into(),
+        ],
+    );
+    sink.write(b"one\ntwo\n");
+    assert!(
+        wait_until(Duration::from_secs(10), || sink.proc.stdout()
+            == b"one\ntwo\n"),
+        "{}",
+        sink.proc.stderr()
+    );
+    // stdin stays open and idle: SIGTERM must still end the process.
+    let status = sink.proc.terminate(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "still running or failed after SIGTERM: {status:?} {}",
+        sink.proc.stderr()
+    );
+}
