@@ -258,8 +258,60 @@ pub enum Decompressor {
     None,
     /// gzip (concatenated members allowed).
     Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
-    /// zstd.
-    Zstd(Box<zstd::stream::write::Decoder<'static, Vec<u8>>>),
+    /// zstd (concatenated frames allowed).
+    Zstd(Box<ZstdStream>),
+}
+
+/// A zstd decoder that knows whether the input stopped at the end of a frame, so a
+/// truncated object is an error instead of a silently shorter one.
+pub struct ZstdStream {
+    raw: zstd::stream::raw::Decoder<'static>,
+    scratch: Vec<u8>,
+    /// No frame is half read (true before the first byte and after each frame's end).
+    at_frame_end: bool,
+}
+
+impl ZstdStream {
+    fn new() -> std::io::Result<ZstdStream> {
+        Ok(ZstdStream {
+            raw: zstd::stream::raw::Decoder::new()?,
+            scratch: vec![0; 128 * 1024],
+            at_frame_end: true,
+        })
+    }
+
+    /// Decodes `data`, appending the output to `out`.
+    fn feed(&mut self, data: &[u8], out: &mut BytesMut) -> std::io::Result<()> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let mut input = InBuffer::around(data);
+        loop {
+            let consumed = input.pos();
+            let mut output = OutBuffer::around(&mut self.scratch[..]);
+            let hint = self.raw.run(&mut input, &mut output)?;
+            let produced = output.pos();
+            out.extend_from_slice(&self.scratch[..produced]);
+            if input.pos() > consumed || produced > 0 {
+                // 0: a frame was fully decoded and flushed.
+                self.at_frame_end = hint == 0;
+            }
+            if input.pos() == data.len() && produced < self.scratch.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// At the end of the object: an error when it ends inside a frame (all the output was
+    /// already drained by `feed`).
+    fn finish(&mut self, _out: &mut BytesMut) -> std::io::Result<()> {
+        if self.at_frame_end {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "zstd data ends inside a frame (truncated object?)",
+            ))
+        }
+    }
 }
 
 impl Decompressor {
@@ -270,9 +322,7 @@ impl Decompressor {
             Compression::Gzip => {
                 Decompressor::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Vec::new())))
             }
-            Compression::Zstd => {
-                Decompressor::Zstd(Box::new(zstd::stream::write::Decoder::new(Vec::new())?))
-            }
+            Compression::Zstd => Decompressor::Zstd(Box::new(ZstdStream::new()?)),
         })
     }
 
@@ -285,11 +335,7 @@ impl Decompressor {
                 out.extend_from_slice(d.get_ref());
                 d.get_mut().clear();
             }
-            Decompressor::Zstd(d) => {
-                d.write_all(data)?;
-                out.extend_from_slice(d.get_ref());
-                d.get_mut().clear();
-            }
+            Decompressor::Zstd(d) => d.feed(data, out)?,
         }
         Ok(())
     }
@@ -303,11 +349,7 @@ impl Decompressor {
                 out.extend_from_slice(d.get_ref());
                 d.get_mut().clear();
             }
-            Decompressor::Zstd(d) => {
-                d.flush()?;
-                out.extend_from_slice(d.get_ref());
-                d.get_mut().clear();
-            }
+            Decompressor::Zstd(d) => d.finish(out)?,
         }
         Ok(())
     }
@@ -782,6 +824,33 @@ mod tests {
             out.push(r);
         }
         out
+    }
+
+    #[test]
+    fn a_truncated_compressed_object_is_an_error_and_concatenated_frames_are_not() {
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let frame = |text: &[u8]| {
+                let mut comp = Compressor::new(c).unwrap();
+                comp.write(text).unwrap();
+                comp.finish().unwrap()
+            };
+            let mut two = frame(b"one\n");
+            two.extend(frame(b"two\n"));
+            let mut d = Decompressor::new(c).unwrap();
+            let mut out = BytesMut::new();
+            d.feed(&two, &mut out).unwrap();
+            d.finish(&mut out).unwrap();
+            assert_eq!(&out[..], b"one\ntwo\n", "{c:?}");
+
+            let whole = frame(&b"0123456789".repeat(1000));
+            let mut d = Decompressor::new(c).unwrap();
+            let mut out = BytesMut::new();
+            let fed = d.feed(&whole[..whole.len() - 3], &mut out);
+            assert!(
+                fed.and_then(|()| d.finish(&mut out)).is_err(),
+                "{c:?}: a truncated object must not end quietly"
+            );
+        }
     }
 
     #[test]
