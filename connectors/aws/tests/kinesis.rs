@@ -535,3 +535,82 @@ fn bad_configuration_is_one_clear_line() {
     assert!(err.contains("ResourceNotFoundException"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn kinesis_source_killed_before_its_first_checkpoint_resends_nothing_the_engine_has() {
+    let dir = scratch();
+    let stream = stream_name("kin_first");
+    rt().block_on(create_stream(&stream, 2));
+    let _cleanup_stream = DeleteStream(stream.clone());
+    let data = payloads(2_000, 7);
+    let input = path(dir.path(), "in.frames");
+    write_frames(&input, &data);
+    run_with_stdin(
+        dir.path(),
+        "kinesis_sink",
+        "k",
+        &input,
+        &args(&["--format", "frames", "--k-stream", &stream]),
+        Duration::from_secs(120),
+    );
+    let (p_from, p_out) = (free_port(), free_port());
+    let app = AppFile::new("kinesis first")
+        .source("from_kinesis", p_from, "")
+        .sink("out", p_out, "")
+        .pipeline("from_kinesis", &["out"])
+        .write(dir.path());
+    let out = start(
+        dir.path(),
+        "stdout_sink",
+        &app,
+        "out",
+        &args(&["--format", "frames"]),
+    );
+    let engine = start_engine(dir.path(), "engine", &app, &[], &[p_from]);
+    let cp = dir.path().join("cp");
+    // No acknowledged position is saved within the test: only the shards' first records.
+    let source_args = args(&[
+        "--from_kinesis-stream",
+        &stream,
+        "--from_kinesis-checkpoint_dir",
+        &cp.display().to_string(),
+        "--from_kinesis-checkpoint_ms",
+        "600000",
+    ]);
+    let mut source = start(
+        dir.path(),
+        "kinesis_source",
+        &app,
+        "from_kinesis",
+        &source_args,
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "every record",
+        &[&source, &engine, &out],
+        || read_frames(&out.stdout()).len() >= data.len(),
+    );
+    source.kill9();
+    let checkpoint = std::fs::read_to_string(cp.join(format!("from_kinesis.{stream}.json")))
+        .expect("the shards' first records were saved");
+    assert!(checkpoint.contains("\"first\""), "{checkpoint}");
+
+    let source = start(
+        dir.path(),
+        "kinesis_source",
+        &app,
+        "from_kinesis",
+        &source_args,
+    );
+    // The restart reads both shards again from their first records, under the same ids:
+    // the engine has them all, so nothing new may come out.
+    std::thread::sleep(Duration::from_secs(6));
+    let got = read_frames(&out.stdout());
+    assert_eq!(
+        got.len(),
+        data.len(),
+        "records sent again after the restart; source: {}",
+        source.stderr()
+    );
+    assert_all_delivered(&data, &got);
+}

@@ -69,12 +69,20 @@ struct ShardCheckpoint {
     /// Fully read and acknowledged (closed shard).
     #[serde(default)]
     finished: bool,
+    /// While nothing of the shard is acknowledged yet: the sequence number of its first
+    /// record read, `id` being the counter before it. Saved before that record is sent, so
+    /// a restart reads the same records under the same ids and the engine drops those it
+    /// already has, instead of getting them again under new ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 enum Start {
     At(ShardIteratorType, Option<DateTime>),
     After(String),
+    /// At (including) this sequence number.
+    From(String),
 }
 
 enum Fetched {
@@ -101,6 +109,8 @@ struct Active {
     acked: Option<(u64, String)>,
     /// The shard is closed and was read to its end.
     read_done: bool,
+    /// Its checkpoint already holds a position (`seq` or `first`).
+    positioned: bool,
     /// The shard's last sequence number once it is closed (shared with its reader task).
     ending: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -307,11 +317,16 @@ impl Reader {
     }
 
     async fn start_shard(&mut self, source: &mut Source, s: &ShardInfo) -> Result<()> {
-        let saved = self.cp.shards.get(&s.id).filter(|c| c.seq.is_some());
-        let begin = match saved.and_then(|c| c.seq.clone()) {
-            Some(seq) => Start::After(seq),
-            None if self.initial.contains(&s.id) => self.start.clone(),
-            None => Start::At(ShardIteratorType::TrimHorizon, None),
+        let saved = self
+            .cp
+            .shards
+            .get(&s.id)
+            .filter(|c| c.seq.is_some() || c.first.is_some());
+        let begin = match saved.map(|c| (c.seq.clone(), c.first.clone())) {
+            Some((Some(seq), _)) => Start::After(seq),
+            Some((None, Some(first))) => Start::From(first),
+            _ if self.initial.contains(&s.id) => self.start.clone(),
+            _ => Start::At(ShardIteratorType::TrimHorizon, None),
         };
         let saved_id = saved.map(|c| c.id);
         let name = format!("kinesis:{}/{}", self.settings.stream, s.id);
@@ -344,6 +359,7 @@ impl Reader {
             unacked: VecDeque::new(),
             acked: None,
             read_done: false,
+            positioned: saved.is_some(),
             ending,
             task,
         };
@@ -372,6 +388,19 @@ impl Reader {
             g.set(ms);
         }
         for r in records {
+            if !a.positioned {
+                // The shard's first record: keep where it starts before sending anything.
+                a.positioned = true;
+                let c = ShardCheckpoint {
+                    id: a.last_id,
+                    first: Some(r.sequence_number.clone()),
+                    ..Default::default()
+                };
+                self.cp.shards.insert(shard.to_string(), c);
+                if let Some(f) = &self.file {
+                    f.store(&self.cp)?;
+                }
+            }
             a.last_id += 1;
             let id = a.last_id;
             let data = r.data.into_inner();
@@ -451,6 +480,7 @@ impl Reader {
                     seq,
                     id,
                     finished: true,
+                    first: None,
                 },
             );
             source.eos(a.stream_id).await?;
@@ -473,6 +503,7 @@ impl Reader {
                     seq: Some(seq.clone()),
                     id: *id,
                     finished: false,
+                    first: None,
                 };
                 self.cp.shards.insert(shard.clone(), c);
             }
@@ -571,7 +602,7 @@ async fn read_shard(
 ) -> Result<()> {
     let mut last_seq: Option<String> = match &start {
         Start::After(s) => Some(s.clone()),
-        Start::At(..) => None,
+        Start::At(..) | Start::From(_) => None,
     };
     let mut iterator = iterator(ctx, client, &settings.stream, shard, &start).await?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -668,6 +699,9 @@ async fn iterator(
             Start::At(t, ts) => req.shard_iterator_type(t.clone()).set_timestamp(*ts),
             Start::After(seq) => req
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq.clone()),
+            Start::From(seq) => req
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
                 .starting_sequence_number(seq.clone()),
         };
         req.send()
