@@ -534,6 +534,23 @@ fn bad_configuration_is_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ResourceNotFoundException"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let mut c = command("kinesis_source");
+    c.args([
+        "--connector",
+        "k",
+        "--to",
+        "stdout",
+        "--k-stream",
+        "x",
+        "--k-max_records",
+        "0",
+    ])
+    .args(aws_args("k"));
+    let out = c.output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 to 10000 records"), "{err}");
 }
 
 #[test]

@@ -146,6 +146,13 @@ async fn run(ctx: Context, mut source: Source) -> Result<()> {
     let limit = ctx
         .params
         .parse_or("max_records", kinesis::MAX_GET_RECORDS)?;
+    if !(1..=kinesis::MAX_GET_RECORDS).contains(&limit) {
+        bail!(
+            "--{}-max_records {limit}: Kinesis returns 1 to {} records per call",
+            ctx.connector,
+            kinesis::MAX_GET_RECORDS
+        );
+    }
     let settings = Arc::new(Settings {
         stream: stream.clone(),
         limit: limit.clamp(1, kinesis::MAX_GET_RECORDS),

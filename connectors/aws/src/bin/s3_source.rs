@@ -141,10 +141,17 @@ async fn run(ctx: Context, mut source: Source) -> Result<()> {
     }
     cp.bucket = bucket.clone();
     cp.prefix = prefix.clone();
+    let chunk: usize = ctx.params.parse_or("chunk_bytes", 1usize << 20)?;
+    if chunk == 0 {
+        bail!(
+            "--{}-chunk_bytes 0: the raw format needs records of at least 1 byte",
+            ctx.connector
+        );
+    }
     let mut r = Reader {
         acks: source.acks(),
         format: ctx.params.required("format")?.parse()?,
-        chunk: ctx.params.parse_or("chunk_bytes", 1usize << 20)?.max(1),
+        chunk,
         checkpoint_every: Duration::from_millis(ctx.params.parse_or("checkpoint_ms", 1000u64)?),
         ctx: ctx.clone(),
         client,
