@@ -255,6 +255,20 @@ impl Application {
             ("sink_connectors", &self.sink_connectors),
         ] {
             for (name, c) in map {
+                for (key, value) in &c.params {
+                    let scalar = |v: &toml::Value| {
+                        !matches!(v, toml::Value::Table(_) | toml::Value::Array(_))
+                    };
+                    let ok = match value {
+                        toml::Value::Array(items) => items.iter().all(scalar),
+                        v => scalar(v),
+                    };
+                    if !ok {
+                        return Err(self.invalid(format!(
+                            "[{dir}.{name}.params] {key}: a parameter is a string, number or boolean, or a list of them for a repeatable one"
+                        )));
+                    }
+                }
                 if c.endpoint().is_none() {
                     return Err(self.invalid(format!(
                         "[{dir}.{name}] needs `port = N` (TCP) or `path = \"...\"` (Unix socket)"
@@ -376,6 +390,15 @@ sinks = ["out"]
             Some(vec!["a=1".to_string(), "b=2".to_string()])
         );
         assert_eq!(app.worker_name, "worker1");
+    }
+
+    #[test]
+    fn a_table_is_not_a_parameter_value() {
+        let text = "name = \"a\"\n[source_connectors.s]\nport = 1\n[source_connectors.s.params]\noption = { a = 1 }\n";
+        let e = Application::parse(text, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("params] option"), "{e}");
     }
 
     #[test]

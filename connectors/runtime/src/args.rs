@@ -373,6 +373,15 @@ pub fn parse(spec: &ConnectorSpec, argv: Vec<String>) -> Result<Option<(CommonOp
             .map(|v| v.cloned().collect())
             .unwrap_or_default();
         let from_file = config.as_ref().and_then(|c| c.param_values(p.name));
+        if let Some(v) = &from_file {
+            if v.len() != 1 && !p.repeated {
+                bail!(
+                    "parameter `{}` of connector `{connector}` takes one value, not a list of {} (only repeatable parameters take lists)",
+                    p.name,
+                    v.len()
+                );
+            }
+        }
         let env_name = format!("{}_{}", connector, p.name)
             .to_ascii_uppercase()
             .replace('-', "_");
@@ -729,6 +738,9 @@ mod tests {
             params.all("option"),
             &["a=1".to_string(), "b=2".to_string()]
         );
+        write("host = [\"a\", \"b\"]");
+        let e = parse(&SPEC, args.clone()).unwrap_err().to_string();
+        assert!(e.contains("takes one value"), "{e}");
         write("host = \"h\"\nhots = \"typo\"");
         let e = parse(&SPEC, args).unwrap_err().to_string();
         assert!(

@@ -141,13 +141,9 @@ fn main() -> ExitCode {
             let frame_room = ctx.options.max_frame.saturating_sub(1024);
             let max_bytes: usize = ctx.params.parse_or("max_bytes", frame_room)?.min(frame_room);
             let mut acks = source.acks();
-            let stream = source
-                .notify(&format!("rabbitmq:{}:{}", ctx.connector, cfg.queue), None)
-                .await?;
-            // Ids increase across reconnects and across runs of this process (see Ledger).
-            let first_id = stream.resume.map_or(0, |p| p.saturating_add(1));
-            let mut ledger = Ledger::new(first_id.max(unix_nanos()));
             let mut epoch = 1u64;
+            // The queue first: a missing queue or a refused login is reported at once, not
+            // after the engine is reachable (the first notify connects to the engine).
             let Some(mut session) =
                 with_backoff(&ctx, &format!("RabbitMQ at {}", cfg.shown_url), false, || {
                     open(&cfg, epoch)
@@ -156,6 +152,12 @@ fn main() -> ExitCode {
             else {
                 return Ok(());
             };
+            let stream = source
+                .notify(&format!("rabbitmq:{}:{}", ctx.connector, cfg.queue), None)
+                .await?;
+            // Ids increase across reconnects and across runs of this process (see Ledger).
+            let first_id = stream.resume.map_or(0, |p| p.saturating_add(1));
+            let mut ledger = Ledger::new(first_id.max(unix_nanos()));
             tracing::info!("consuming queue `{}` at {}", cfg.queue, cfg.shown_url);
             let rejected = ctx.metrics.registry.counter(
                 "rabbitmq_rejected_total",

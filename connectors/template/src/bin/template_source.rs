@@ -62,9 +62,10 @@ fn main() -> ExitCode {
             }
         })
         // -------------------------------------------------------------------------------
-        // 3. The body. The seed's `connect()` has already happened when it runs: the runtime
-        //    parsed the arguments and connected to the engine (retrying until it is up), or
-        //    set up standard output for `--to stdout`. `source` is that connection.
+        // 3. The body. The runtime parsed the arguments; `source` connects to the engine (the
+        //    seed's `connect()`, retrying until it is up) at the first `notify`, or writes to
+        //    standard output with `--to stdout`. Open upstream first, so that a bad setting
+        //    is reported at once rather than after the engine is reachable.
         // -------------------------------------------------------------------------------
         .run(|ctx, mut source| async move {
             let path = ctx.params.required("file")?.to_string();
@@ -73,6 +74,9 @@ fn main() -> ExitCode {
                 Some(f) => read_offset(f).await?,
                 None => None,
             };
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .with_context(|| format!("cannot open --{}-file {path}", ctx.connector))?;
 
             // Announce the stream. A connector can open many (one per partition, shard,
             // queue); ids are a hash of the name. The engine answers with the last message id
@@ -80,10 +84,6 @@ fn main() -> ExitCode {
             let stream = source.notify(&path, committed).await?;
             let start = stream.resume.max(committed).unwrap_or(0);
             let mut acks = source.acks();
-
-            let mut file = tokio::fs::File::open(&path)
-                .await
-                .with_context(|| format!("cannot open --{}-file {path}", ctx.connector))?;
             file.seek(SeekFrom::Start(start)).await?;
             let mut input = BufReader::new(file);
             let mut offset = start;
