@@ -39,6 +39,8 @@ pub(crate) struct StreamRec {
     conn_max_received: Option<u64>,
     /// Last point sent to the owning connection (ACKs never go backwards).
     conn_last_acked: Option<u64>,
+    /// Whether an ACK pair for this stream went out on the owning connection.
+    conn_pair_sent: bool,
     eos: bool,
 }
 
@@ -87,6 +89,7 @@ impl AckTracker {
                 marks: VecDeque::new(),
                 conn_max_received: None,
                 conn_last_acked: None,
+                conn_pair_sent: false,
                 eos: false,
             },
         );
@@ -119,6 +122,7 @@ impl AckTracker {
             marks: VecDeque::new(),
             conn_max_received: None,
             conn_last_acked: None,
+            conn_pair_sent: false,
             eos: false,
         });
         let nothing = if asked == NOTHING_PROCESSED {
@@ -137,6 +141,7 @@ impl AckTracker {
         rec.eos = false;
         rec.conn_max_received = None;
         rec.conn_last_acked = rec.done;
+        rec.conn_pair_sent = false;
         NotifyResult {
             success: true,
             point,
@@ -226,19 +231,22 @@ impl AckTracker {
             }
             let Some(conn) = rec.owner else { continue };
             // Never past what this connection sent, never backwards, never u64::MAX.
-            let mut sent = false;
             if let (Some(done), Some(max)) = (rec.done, rec.conn_max_received) {
                 let point = done.min(max);
                 if !matches!(rec.conn_last_acked, Some(l) if point <= l) {
                     rec.conn_last_acked = Some(point);
+                    rec.conn_pair_sent = true;
                     out.push((conn, *sid, point));
-                    sent = true;
                 }
             }
             if rec.eos && rec.marks.is_empty() && rec.conn_last_acked >= rec.conn_max_received {
-                // EOS is always answered with the final point, even when it went out
-                // before (a client waits for an ACK at its last id after EOS).
-                if let (false, Some(last)) = (sent, rec.conn_last_acked) {
+                // EOS is answered with the final point. When an ACK pair already carried
+                // it, not again: the connector may have sent EOS before that ACK reached it
+                // and close the stream on it (Wallaroo's client then fails on a second
+                // one). When none did (EOS right after NOTIFY, the point known from
+                // NOTIFY_ACK), the connector still waits for it.
+                if let (false, Some(last)) = (rec.conn_pair_sent, rec.conn_last_acked) {
+                    rec.conn_pair_sent = true;
                     out.push((conn, *sid, last));
                 }
                 rec.owner = None;
