@@ -110,6 +110,42 @@ fn kinesis_round_trip_100k_through_the_engine() {
             && r.1 == format!("{:016x}", aws_connectors::kinesis::fnv1a64(&r.2))));
 }
 
+/// Writes `data` into `stream` with kinesis_sink, then starts an engine passing connector
+/// `from_kinesis` (a kinesis_source, started by the caller) to a `stdout_sink --format frames`.
+/// Returns the application file, the sink and the engine.
+fn filled_stream_to_stdout(
+    dir: &std::path::Path,
+    stream: &str,
+    data: &[Vec<u8>],
+    app_name: &str,
+) -> (std::path::PathBuf, testkit::Proc, testkit::Proc) {
+    let input = path(dir, "in.frames");
+    write_frames(&input, data);
+    run_with_stdin(
+        dir,
+        "kinesis_sink",
+        "k",
+        &input,
+        &args(&["--format", "frames", "--k-stream", stream]),
+        Duration::from_secs(120),
+    );
+    let (p_from, p_out) = (free_port(), free_port());
+    let app = AppFile::new(app_name)
+        .source("from_kinesis", p_from, "")
+        .sink("out", p_out, "")
+        .pipeline("from_kinesis", &["out"])
+        .write(dir);
+    let out = start(
+        dir,
+        "stdout_sink",
+        &app,
+        "out",
+        &args(&["--format", "frames"]),
+    );
+    let engine = start_engine(dir, "engine", &app, &[], &[p_from]);
+    (app, out, engine)
+}
+
 #[test]
 fn kinesis_source_kill9_loses_nothing_after_restart() {
     let dir = scratch();
@@ -117,31 +153,7 @@ fn kinesis_source_kill9_loses_nothing_after_restart() {
     rt().block_on(create_stream(&stream, 8));
     let _cleanup_stream = DeleteStream(stream.clone());
     let data = payloads(30_000, 22);
-    let input = path(dir.path(), "in.frames");
-    write_frames(&input, &data);
-    run_with_stdin(
-        dir.path(),
-        "kinesis_sink",
-        "k",
-        &input,
-        &args(&["--format", "frames", "--k-stream", &stream]),
-        Duration::from_secs(120),
-    );
-
-    let (p_from, p_out) = (free_port(), free_port());
-    let app = AppFile::new("kinesis kill")
-        .source("from_kinesis", p_from, "")
-        .sink("out", p_out, "")
-        .pipeline("from_kinesis", &["out"])
-        .write(dir.path());
-    let out = start(
-        dir.path(),
-        "stdout_sink",
-        &app,
-        "out",
-        &args(&["--format", "frames"]),
-    );
-    let engine = start_engine(dir.path(), "engine", &app, &[], &[p_from]);
+    let (app, out, engine) = filled_stream_to_stdout(dir.path(), &stream, &data, "kinesis kill");
     let cp = dir.path().join("cp");
     // Small GetRecords calls (at most 5 a second per shard) so the kill lands mid-stream.
     let source_args = args(&[
@@ -560,30 +572,7 @@ fn kinesis_source_killed_before_its_first_checkpoint_resends_nothing_the_engine_
     rt().block_on(create_stream(&stream, 2));
     let _cleanup_stream = DeleteStream(stream.clone());
     let data = payloads(2_000, 7);
-    let input = path(dir.path(), "in.frames");
-    write_frames(&input, &data);
-    run_with_stdin(
-        dir.path(),
-        "kinesis_sink",
-        "k",
-        &input,
-        &args(&["--format", "frames", "--k-stream", &stream]),
-        Duration::from_secs(120),
-    );
-    let (p_from, p_out) = (free_port(), free_port());
-    let app = AppFile::new("kinesis first")
-        .source("from_kinesis", p_from, "")
-        .sink("out", p_out, "")
-        .pipeline("from_kinesis", &["out"])
-        .write(dir.path());
-    let out = start(
-        dir.path(),
-        "stdout_sink",
-        &app,
-        "out",
-        &args(&["--format", "frames"]),
-    );
-    let engine = start_engine(dir.path(), "engine", &app, &[], &[p_from]);
+    let (app, out, engine) = filled_stream_to_stdout(dir.path(), &stream, &data, "kinesis first");
     let cp = dir.path().join("cp");
     // No acknowledged position is saved within the test: only the shards' first records.
     let source_args = args(&[
