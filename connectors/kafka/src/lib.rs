@@ -2,6 +2,10 @@
 //! connector's parameters, forwarding librdkafka's logs and errors to `tracing` and the
 //! connector's metrics, and telling permanent produce errors from transient ones.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
 use connector_runtime::metrics::ConnectorMetrics;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
@@ -71,8 +75,55 @@ pub fn set_log_level(config: &mut ClientConfig) {
     config.set_log_level(level);
 }
 
-/// Forwards one librdkafka log line to `tracing`.
+/// How often a repeated condition (a broker that refuses connections) is logged again.
+const REPEAT_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether a line of kind `key` may be logged now: the first one, then one every
+/// [`REPEAT_EVERY`]. Returns how many were held back since the last one logged.
+pub fn repeated(key: &str) -> Option<u64> {
+    static SEEN: LazyLock<Mutex<HashMap<String, (Instant, u64)>>> = LazyLock::new(Mutex::default);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    match seen.get_mut(key) {
+        Some((last, held)) if now.duration_since(*last) < REPEAT_EVERY => {
+            *held += 1;
+            None
+        }
+        Some((last, held)) => {
+            let n = *held;
+            (*last, *held) = (now, 0);
+            Some(n)
+        }
+        None => {
+            seen.insert(key.to_string(), (now, 0));
+            Some(0)
+        }
+    }
+}
+
+/// " (N more like it held back)" when N > 0.
+pub fn held_back(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({n} more like it in the last {}s)",
+            REPEAT_EVERY.as_secs()
+        )
+    }
+}
+
+/// Forwards one librdkafka log line to `tracing`. Connection failures, which librdkafka
+/// reports on every retry, are logged once per [`REPEAT_EVERY`].
 pub fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    let msg = if fac == "FAIL" {
+        match repeated("librdkafka FAIL") {
+            Some(n) => format!("{msg}{}", held_back(n)),
+            None => return,
+        }
+    } else {
+        msg.to_string()
+    };
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
@@ -93,7 +144,12 @@ pub fn client_error(metrics: &ConnectorMetrics, error: &KafkaError, reason: &str
         Some(RDKafkaErrorCode::BrokerTransportFailure) | Some(RDKafkaErrorCode::AllBrokersDown) => {
             metrics.reconnects.inc();
             metrics.error("kafka_transport");
-            tracing::warn!("Kafka: {reason} (librdkafka keeps retrying)");
+            if let Some(n) = repeated("transport") {
+                tracing::warn!(
+                    "Kafka: {reason} (librdkafka keeps retrying){}",
+                    held_back(n)
+                );
+            }
         }
         _ => {
             metrics.error("kafka");

@@ -316,3 +316,33 @@ fn bad_configuration_is_one_clear_line() {
         assert_eq!(e.trim().lines().count(), 1, "one line, not: {e}");
     }
 }
+
+#[test]
+fn an_unreachable_broker_is_reported_without_flooding_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = testkit::free_port().to_string();
+    let brokers = format!("127.0.0.1:{port}");
+    let mut source = testkit::Proc::spawn_with(
+        dir.path(),
+        "kafka_source",
+        Command::new(testkit::bin("kafka_source")).args([
+            "--connector",
+            "s",
+            "--to",
+            "stdout",
+            "--s-topics",
+            "t",
+            "--s-bootstrap_brokers",
+            &brokers,
+            "--stats-interval",
+            "0",
+        ]),
+    );
+    // librdkafka retries several times a second; each kind of failure is logged once,
+    // then once every 30 s.
+    std::thread::sleep(Duration::from_secs(4));
+    let err = source.stderr();
+    source.kill9();
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(err.lines().count() <= 8, "{} lines:\n{err}", err.lines().count());
+}

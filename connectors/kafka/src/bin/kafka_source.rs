@@ -437,7 +437,9 @@ async fn run(
                         Ok(msg) => forward(ctx, source, parts, &msg, &skipped).await?,
                         Err(e) => {
                             ctx.metrics.error("kafka_consume");
-                            tracing::warn!("Kafka consumer: {e}");
+                            if let Some(n) = kc::repeated(&format!("consume {e}")) {
+                                tracing::warn!("Kafka consumer: {e}{}", kc::held_back(n));
+                            }
                         }
                     }
                     n += 1;
