@@ -344,5 +344,9 @@ fn an_unreachable_broker_is_reported_without_flooding_the_log() {
     let err = source.stderr();
     source.kill9();
     assert!(err.contains("Connection refused"), "{err}");
-    assert!(err.lines().count() <= 8, "{} lines:\n{err}", err.lines().count());
+    assert!(
+        err.lines().count() <= 8,
+        "{} lines:\n{err}",
+        err.lines().count()
+    );
 }
