@@ -147,11 +147,6 @@ impl ConnectorConfig {
             .min(self.max_credits)
     }
 
-    /// A parameter from the `params` table rendered as a string (strings unquoted).
-    pub fn param(&self, name: &str) -> Option<String> {
-        self.params.get(name).map(render_param)
-    }
-
     /// A parameter's values: one for a scalar, one per element for an array (how a
     /// repeatable parameter such as `option = ["a=1", "b=2"]` is written in the file).
     pub fn param_values(&self, name: &str) -> Option<Vec<String>> {
@@ -382,8 +377,7 @@ sinks = ["out"]
         let (dir, s) = app.connector("out").unwrap();
         assert_eq!(dir, Direction::Sink);
         assert_eq!(s.endpoint(), Some(Endpoint::Unix("/tmp/x.sock".into())));
-        assert_eq!(s.param("topic").as_deref(), Some("t"));
-        assert_eq!(s.param("retries").as_deref(), Some("3"));
+        assert_eq!(s.param_values("topic"), Some(vec!["t".to_string()]));
         assert_eq!(s.param_values("retries"), Some(vec!["3".to_string()]));
         assert_eq!(
             s.param_values("option"),

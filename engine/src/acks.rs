@@ -246,7 +246,6 @@ impl AckTracker {
                 // one). When none did (EOS right after NOTIFY, the point known from
                 // NOTIFY_ACK), the connector still waits for it.
                 if let (false, Some(last)) = (rec.conn_pair_sent, rec.conn_last_acked) {
-                    rec.conn_pair_sent = true;
                     out.push((conn, *sid, last));
                 }
                 rec.owner = None;

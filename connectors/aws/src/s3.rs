@@ -302,7 +302,7 @@ impl ZstdStream {
 
     /// At the end of the object: an error when it ends inside a frame (all the output was
     /// already drained by `feed`).
-    fn finish(&mut self, _out: &mut BytesMut) -> std::io::Result<()> {
+    fn finish(&self) -> std::io::Result<()> {
         if self.at_frame_end {
             Ok(())
         } else {
@@ -349,7 +349,7 @@ impl Decompressor {
                 out.extend_from_slice(d.get_ref());
                 d.get_mut().clear();
             }
-            Decompressor::Zstd(d) => d.finish(out)?,
+            Decompressor::Zstd(d) => d.finish()?,
         }
         Ok(())
     }

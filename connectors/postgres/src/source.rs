@@ -838,40 +838,36 @@ pub async fn check(config: &Config, cfg: &SourceConfig) -> Vec<Check> {
     let mut checks = vec![Check::ok(what)];
     let mut no_install = cfg.clone();
     no_install.install_trigger = false;
-    let r = setup(&pg, &no_install, false).await;
-    let ok = r.is_ok();
-    checks.push(Check::from_result(
-        format!("table `{}` readable by id `{}`", cfg.table, cfg.id_column),
-        r,
-    ));
-    if ok {
-        if let Ok(t) = TableInfo::lookup(&pg.client, &cfg.table).await {
-            if let Ok(id) = t.column(&cfg.id_column, "id_column") {
-                let problems = id_sequence_problems(&pg.client, &t, id.num, &id.ident()).await;
-                let what = format!(
-                    "the sequence filling `{}` hands out ids in time order",
-                    cfg.id_column
-                );
-                checks.push(match problems.is_empty() {
-                    true => Check::ok(what),
-                    false => Check::fail(what, problems.join("; ")),
-                });
-            }
+    let what = format!("table `{}` readable by id `{}`", cfg.table, cfg.id_column);
+    let table = match setup(&pg, &no_install, false).await {
+        Ok(prepared) => prepared.table,
+        Err(e) => {
+            checks.push(Check::fail(what, format!("{e:#}")));
+            return checks;
         }
+    };
+    checks.push(Check::ok(what));
+    if let Ok(id) = table.column(&cfg.id_column, "id_column") {
+        let problems = id_sequence_problems(&pg.client, &table, id.num, &id.ident()).await;
+        let what = format!(
+            "the sequence filling `{}` hands out ids in time order",
+            cfg.id_column
+        );
+        checks.push(match problems.is_empty() {
+            true => Check::ok(what),
+            false => Check::fail(what, problems.join("; ")),
+        });
     }
-    if ok && !cfg.install_trigger {
-        if let Ok(t) = TableInfo::lookup(&pg.client, &cfg.table).await {
-            let present = trigger_present(&pg.client, &t, &cfg.channel).await;
-            checks.push(match present {
-                Ok(true) => Check::ok(format!("trigger notifies channel `{}`", cfg.channel)),
-                // Not a failure: without the trigger the source reads every poll_ms.
-                Ok(false) => Check::ok(format!(
-                    "no trigger notifies channel `{}`: rows are read every poll_ms (install_trigger=true creates one)",
-                    cfg.channel
-                )),
-                Err(e) => Check::fail("trigger lookup", format!("{e:#}")),
-            });
-        }
+    if !cfg.install_trigger {
+        checks.push(match trigger_present(&pg.client, &table, &cfg.channel).await {
+            Ok(true) => Check::ok(format!("trigger notifies channel `{}`", cfg.channel)),
+            // Not a failure: without the trigger the source reads every poll_ms.
+            Ok(false) => Check::ok(format!(
+                "no trigger notifies channel `{}`: rows are read every poll_ms (install_trigger=true creates one)",
+                cfg.channel
+            )),
+            Err(e) => Check::fail("trigger lookup", format!("{e:#}")),
+        });
     }
     checks
 }

@@ -849,7 +849,6 @@ impl EngineLink {
         Ok(())
     }
 
-    /// Drops acknowledged frames from the replay buffers.
     /// Forgets the connection, keeping what it acknowledged: ACKs that arrived while the
     /// connector was idle are applied first, so they are not replayed to the next engine.
     fn drop_conn(&mut self) {
@@ -857,6 +856,7 @@ impl EngineLink {
         self.conn = None;
     }
 
+    /// Drops acknowledged frames from the replay buffers.
     fn prune(&mut self) {
         let Some(conn) = &self.conn else { return };
         let acked: Vec<(u64, u64)> = {

@@ -155,7 +155,7 @@ async fn run(ctx: Context, mut source: Source) -> Result<()> {
     }
     let settings = Arc::new(Settings {
         stream: stream.clone(),
-        limit: limit.clamp(1, kinesis::MAX_GET_RECORDS),
+        limit,
         poll: Duration::from_millis(ctx.params.parse_or("poll_ms", 1000u64)?),
     });
     let refresh_ms = ctx.params.parse_or("shard_refresh_ms", 10_000u64)?.max(100);
