@@ -110,6 +110,11 @@ impl Params {
             .map(String::as_str)
     }
 
+    /// The connector name these parameters belong to (for messages naming `--NAME-PARAM`).
+    pub fn connector(&self) -> &str {
+        &self.connector
+    }
+
     /// Every value of a repeated parameter, in the order given.
     pub fn all(&self, name: &str) -> &[String] {
         self.values.get(name).map(Vec::as_slice).unwrap_or(&[])
@@ -231,6 +236,9 @@ pub struct CommonOptions {
     pub dead_letter: Option<PathBuf>,
     /// Largest accepted frame.
     pub max_frame: usize,
+    /// Sources: how long to wait at shutdown, at the end of the input and when a stream ends
+    /// for the engine to acknowledge what was sent (`--drain-timeout SECS`, default 30).
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Parses `argv` (without the program name) for `spec`. `Ok(None)` means help was printed.
@@ -345,6 +353,19 @@ pub fn parse(spec: &ConnectorSpec, argv: Vec<String>) -> Result<Option<(CommonOp
         })
         .transpose()?
         .unwrap_or(10);
+    let drain_timeout = matches
+        .try_get_one::<String>("drain-timeout")
+        .ok()
+        .flatten()
+        .map(|s| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(std::time::Duration::from_secs_f64)
+                .ok_or_else(|| anyhow!("--drain-timeout {s}: expected seconds, e.g. 30"))
+        })
+        .transpose()?
+        .unwrap_or(std::time::Duration::from_secs(30));
     let max_frame = matches
         .get_one::<String>("max-frame-bytes")
         .map(|s| {
@@ -425,6 +446,7 @@ pub fn parse(spec: &ConnectorSpec, argv: Vec<String>) -> Result<Option<(CommonOp
             .flatten()
             .map(PathBuf::from),
         max_frame,
+        drain_timeout,
     };
     Ok(Some((common, Params { connector, values })))
 }
@@ -439,6 +461,7 @@ const COMMON_WITH_VALUE: &[&str] = &[
     "--stats-interval",
     "--dead-letter",
     "--max-frame-bytes",
+    "--drain-timeout",
 ];
 
 fn find_value(argv: &[String], flag: &str) -> Option<String> {
@@ -571,6 +594,12 @@ fn command(spec: &ConnectorSpec, connector: &str) -> Command {
                     .long("to")
                     .value_name("engine|stdout")
                     .help("Send messages to the engine (default) or to standard output"),
+            )
+            .arg(
+                Arg::new("drain-timeout")
+                    .long("drain-timeout")
+                    .value_name("SECS")
+                    .help("At shutdown, at the end of the input and when a stream ends: how long to wait for the engine to acknowledge what was sent before committing [default: 30]"),
             )
             .arg(
                 Arg::new("dead-letter")

@@ -15,12 +15,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{self, ConnectorSpec, Input, Output};
 use crate::check::Check;
+use crate::client::SourceClient;
+use crate::client::{OutputClosed, ShuttingDown};
+use crate::connector::{self, SinkConnector, SourceConnector};
 use crate::context::Context;
 use crate::metrics::ConnectorMetrics;
 use crate::sink::{Sink, SinkServerConfig};
-use crate::source::{OutputClosed, ShuttingDown, Source};
+use crate::source::Source;
 use crate::transport;
+use crate::typed;
+use clap::{CommandFactory, FromArgMatches};
 
+type TypedCheckFn<P> = Box<dyn FnOnce(Context, P) -> Pin<Box<dyn Future<Output = Vec<Check>>>>>;
 type CheckFn = Box<dyn FnOnce(Context) -> Pin<Box<dyn Future<Output = Vec<Check>>>>>;
 
 /// Builds and runs a connector binary. `T` is [`Source`] or [`Sink`].
@@ -30,8 +36,8 @@ pub struct ConnectorBuilder<T> {
     _kind: PhantomData<T>,
 }
 
-/// Starts describing a source connector binary.
-pub fn source(spec: ConnectorSpec) -> ConnectorBuilder<Source> {
+/// Starts describing a source connector binary (string-looked-up parameters).
+pub fn legacy_source(spec: ConnectorSpec) -> ConnectorBuilder<Source> {
     ConnectorBuilder {
         spec: ConnectorSpec {
             direction: Direction::Source,
@@ -42,8 +48,8 @@ pub fn source(spec: ConnectorSpec) -> ConnectorBuilder<Source> {
     }
 }
 
-/// Starts describing a sink connector binary.
-pub fn sink(spec: ConnectorSpec) -> ConnectorBuilder<Sink> {
+/// Starts describing a sink connector binary (string-looked-up parameters).
+pub fn legacy_sink(spec: ConnectorSpec) -> ConnectorBuilder<Sink> {
     ConnectorBuilder {
         spec: ConnectorSpec {
             direction: Direction::Sink,
@@ -65,21 +71,22 @@ impl<T> ConnectorBuilder<T> {
         self.check = Some(Box::new(move |ctx| Box::pin(f(ctx))));
         self
     }
+}
 
-    fn start(&self) -> Result<Option<(Context, tokio::runtime::Runtime)>> {
-        telemetry::init_logging();
-        let argv: Vec<String> = std::env::args().skip(1).collect();
-        let Some((options, params)) = args::parse(&self.spec, argv)? else {
-            return Ok(None);
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let metrics = ConnectorMetrics::new(self.spec.program, &options.connector);
-        let shutdown = CancellationToken::new();
-        let ctx = Context::new(self.spec.program, options, params, metrics, shutdown)?;
-        Ok(Some((ctx, rt)))
-    }
+/// Parses the arguments and sets up logging, the runtime, metrics and the context.
+fn start(spec: &ConnectorSpec) -> Result<Option<(Context, tokio::runtime::Runtime)>> {
+    telemetry::init_logging();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((options, params)) = args::parse(spec, argv)? else {
+        return Ok(None);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let metrics = ConnectorMetrics::new(spec.program, &options.connector);
+    let shutdown = CancellationToken::new();
+    let ctx = Context::new(spec.program, options, params, metrics, shutdown)?;
+    Ok(Some((ctx, rt)))
 }
 
 impl ConnectorBuilder<Source> {
@@ -91,41 +98,20 @@ impl ConnectorBuilder<Source> {
     {
         let check = self.check;
         let spec = self.spec;
-        run_main(
-            &ConnectorBuilder::<Source> {
-                spec,
-                check: None,
-                _kind: PhantomData,
-            },
-            check,
-            |ctx| async move {
-                let mut source = match ctx.options.output {
-                    Output::Stdout => Source::stdout(ctx.options.format, ctx.metrics.clone()),
-                    Output::Engine => {
-                        let endpoint = engine_endpoint(&ctx)?;
-                        let hello = Hello {
-                            version: PROTOCOL_VERSION.to_string(),
-                            cookie: ctx
-                                .app
-                                .as_ref()
-                                .map(|a| a.cookie.clone())
-                                .unwrap_or_default(),
-                            program_name: spec.program.to_string(),
-                            instance_name: ctx.connector.clone(),
-                        };
-                        Source::engine(
-                            endpoint,
-                            hello,
-                            ctx.options.max_frame,
-                            ctx.metrics.clone(),
-                            ctx.shutdown.clone(),
-                        )
-                    }
-                };
-                source.set_dead_letters(ctx.dead_letters());
-                body(ctx, source).await
-            },
-        )
+        run_main(spec, check, |ctx| async move {
+            let mut source = match ctx.options.output {
+                Output::Stdout => Source::stdout(ctx.options.format, ctx.metrics.clone()),
+                Output::Engine => Source::engine(
+                    engine_endpoint(&ctx)?,
+                    hello(&ctx),
+                    ctx.options.max_frame,
+                    ctx.metrics.clone(),
+                    ctx.shutdown.clone(),
+                ),
+            };
+            source.set_dead_letters(ctx.dead_letters());
+            body(ctx, source).await
+        })
     }
 }
 
@@ -138,53 +124,69 @@ impl ConnectorBuilder<Sink> {
     {
         let check = self.check;
         let spec = self.spec;
-        run_main(
-            &ConnectorBuilder::<Sink> {
-                spec,
-                check: None,
-                _kind: PhantomData,
-            },
-            check,
-            |ctx| async move {
-                let input_error: Arc<Mutex<Option<String>>> = Arc::default();
-                let sink = match ctx.options.input {
-                    Input::Stdin => Sink::stdin_reporting(
-                        ctx.options.format,
-                        ctx.options.max_frame,
-                        ctx.metrics.clone(),
-                        ctx.shutdown.clone(),
-                        input_error.clone(),
-                    ),
-                    Input::Engine => {
-                        let (cookie, config) = match (&ctx.app, &ctx.options.config) {
-                            (Some(app), Some(c)) => (app.cookie.clone(), c.clone()),
-                            _ => return Err(anyhow!("missing --application-module FILE")),
-                        };
-                        let endpoint = config.endpoint().ok_or_else(|| {
-                            anyhow!("connector `{}` has no port or path", ctx.connector)
-                        })?;
-                        Sink::listen(
-                            SinkServerConfig {
-                                endpoint,
-                                cookie,
-                                max_credits: config.max_credits,
-                                max_frame: ctx.options.max_frame,
-                            },
-                            ctx.metrics.clone(),
-                            ctx.shutdown.clone(),
-                        )
-                        .await?
-                    }
-                };
-                body(ctx, sink).await?;
-                // The body saw the end of input; say so if it ended on an unreadable record.
-                let bad_input = input_error.lock().unwrap_or_else(|p| p.into_inner()).take();
-                match bad_input {
-                    Some(why) => Err(anyhow!(why)),
-                    None => Ok(()),
-                }
-            },
-        )
+        run_main(spec, check, |ctx| async move {
+            let input_error: Arc<Mutex<Option<String>>> = Arc::default();
+            let sink = open_sink(&ctx, input_error.clone()).await?;
+            body(ctx, sink).await?;
+            // The body saw the end of input; say so if it ended on an unreadable record.
+            bad_input(&input_error)
+        })
+    }
+}
+
+/// HELLO as this connector says it.
+fn hello(ctx: &Context) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION.to_string(),
+        cookie: ctx
+            .app
+            .as_ref()
+            .map(|a| a.cookie.clone())
+            .unwrap_or_default(),
+        program_name: ctx.program.to_string(),
+        instance_name: ctx.connector.clone(),
+    }
+}
+
+/// The sink's input: the engine's connections on the connector's address, or standard input
+/// (`input_error` then gets the reason when it ends on a record it cannot read).
+async fn open_sink(ctx: &Context, input_error: Arc<Mutex<Option<String>>>) -> Result<Sink> {
+    Ok(match ctx.options.input {
+        Input::Stdin => Sink::stdin_reporting(
+            ctx.options.format,
+            ctx.options.max_frame,
+            ctx.metrics.clone(),
+            ctx.shutdown.clone(),
+            input_error,
+        ),
+        Input::Engine => {
+            let (cookie, config) = match (&ctx.app, &ctx.options.config) {
+                (Some(app), Some(c)) => (app.cookie.clone(), c.clone()),
+                _ => return Err(anyhow!("missing --application-module FILE")),
+            };
+            let endpoint = config
+                .endpoint()
+                .ok_or_else(|| anyhow!("connector `{}` has no port or path", ctx.connector))?;
+            Sink::listen(
+                SinkServerConfig {
+                    endpoint,
+                    cookie,
+                    max_credits: config.max_credits,
+                    max_frame: ctx.options.max_frame,
+                },
+                ctx.metrics.clone(),
+                ctx.shutdown.clone(),
+            )
+            .await?
+        }
+    })
+}
+
+/// The reason a `--from stdin` input ended on a record it could not read, if it did.
+fn bad_input(input_error: &Mutex<Option<String>>) -> Result<()> {
+    match input_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(why) => Err(anyhow!(why)),
+        None => Ok(()),
     }
 }
 
@@ -202,13 +204,13 @@ fn engine_endpoint(ctx: &Context) -> Result<application::Endpoint> {
 }
 
 /// Shared main: parse, set up, `--check` or run, map the result to an exit code.
-fn run_main<T, F, Fut>(builder: &ConnectorBuilder<T>, check: Option<CheckFn>, body: F) -> ExitCode
+fn run_main<F, Fut>(spec: ConnectorSpec, check: Option<CheckFn>, body: F) -> ExitCode
 where
     F: FnOnce(Context) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let program = builder.spec.program;
-    let (ctx, rt) = match builder.start() {
+    let program = spec.program;
+    let (ctx, rt) = match start(&spec) {
         Ok(Some(x)) => x,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) if std::env::args_os().any(|a| a == "--check") => {
@@ -222,8 +224,7 @@ where
             return ExitCode::from(2);
         }
     };
-    let direction = builder.spec.direction;
-    let spec = builder.spec;
+    let direction = spec.direction;
     let code = rt.block_on(async move {
         if ctx.options.check {
             return run_checks(ctx, spec, check).await;
@@ -315,16 +316,7 @@ async fn run_checks(ctx: Context, spec: ConnectorSpec, check: Option<CheckFn>) -
         match direction {
             Direction::Source if ctx.options.output == Output::Engine => {
                 let what = format!("engine accepts `{}` at {endpoint}", ctx.connector);
-                let hello = Hello {
-                    version: PROTOCOL_VERSION.to_string(),
-                    cookie: ctx
-                        .app
-                        .as_ref()
-                        .map(|a| a.cookie.clone())
-                        .unwrap_or_default(),
-                    program_name: spec.program.to_string(),
-                    instance_name: ctx.connector.clone(),
-                };
+                let hello = hello(&ctx);
                 checks.push(
                     match check_engine(&endpoint, hello, ctx.options.max_frame).await {
                         Ok(()) => Check::ok(what),
@@ -423,5 +415,147 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Builds and runs a connector binary written against the traits: its parameters are the
+/// `#[derive(clap::Parser)]` struct `P` (whose `#[command(name, about)]` name the binary).
+pub struct Connector<P, K> {
+    check: Option<TypedCheckFn<P>>,
+    _kind: PhantomData<K>,
+}
+
+/// Marks a [`Connector`] that runs a [`SourceConnector`].
+pub struct SourceKind;
+/// Marks a [`Connector`] that runs a [`SinkConnector`].
+pub struct SinkKind;
+
+/// Starts describing a source connector binary with parameters `P`.
+pub fn source<P>() -> Connector<P, SourceKind> {
+    Connector {
+        check: None,
+        _kind: PhantomData,
+    }
+}
+
+/// Starts describing a sink connector binary with parameters `P`.
+pub fn sink<P>() -> Connector<P, SinkKind> {
+    Connector {
+        check: None,
+        _kind: PhantomData,
+    }
+}
+
+impl<P, K> Connector<P, K>
+where
+    P: CommandFactory + FromArgMatches + 'static,
+{
+    /// Adds the connector's own `--check` (reach the external system, find the
+    /// topic/queue/bucket/table, ...), run after the runtime's checks.
+    pub fn check<F, Fut>(mut self, f: F) -> Self
+    where
+        F: FnOnce(Context, P) -> Fut + 'static,
+        Fut: Future<Output = Vec<Check>> + 'static,
+    {
+        self.check = Some(Box::new(move |ctx, p| Box::pin(f(ctx, p))));
+        self
+    }
+
+    /// The spec and the `--check` hook, from `P`.
+    fn parts(self, direction: Direction) -> Result<(ConnectorSpec, Option<CheckFn>), String> {
+        let cmd = P::command();
+        let program: &'static str = Box::leak(cmd.get_name().to_string().into_boxed_str());
+        let about: &'static str = Box::leak(
+            cmd.get_about()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+                .into_boxed_str(),
+        );
+        let params = typed::params_of::<P>().map_err(|e| format!("{program}: {e}"))?;
+        let check = self.check.map(|f| -> CheckFn {
+            Box::new(move |ctx: Context| {
+                Box::pin(async move {
+                    match typed::parse_params::<P>(&ctx.params) {
+                        Ok(p) => f(ctx, p).await,
+                        Err(e) => vec![Check::fail("connector parameters", format!("{e:#}"))],
+                    }
+                })
+            })
+        });
+        let spec = ConnectorSpec {
+            program,
+            about,
+            direction,
+            params,
+        };
+        Ok((spec, check))
+    }
+}
+
+impl<P> Connector<P, SourceKind>
+where
+    P: CommandFactory + FromArgMatches + 'static,
+{
+    /// Runs the source: `start` opens the upstream and returns the connector the runtime
+    /// then drives until shutdown or the end of its input.
+    pub fn run<S, F, Fut>(self, start: F) -> ExitCode
+    where
+        S: SourceConnector,
+        F: FnOnce(Context, P) -> Fut,
+        Fut: Future<Output = Result<S>>,
+    {
+        let (spec, check) = match self.parts(Direction::Source) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        run_main(spec, check, |ctx| async move {
+            let params = typed::parse_params::<P>(&ctx.params)?;
+            let mut client = match ctx.options.output {
+                Output::Stdout => SourceClient::stdout(ctx.metrics.clone(), ctx.shutdown.clone()),
+                Output::Engine => SourceClient::engine(
+                    engine_endpoint(&ctx)?,
+                    hello(&ctx),
+                    ctx.options.max_frame,
+                    ctx.metrics.clone(),
+                    ctx.shutdown.clone(),
+                ),
+            };
+            client.set_dead_letters(ctx.dead_letters());
+            let mut connector = start(ctx.clone(), params).await?;
+            connector::run_source(&ctx, &mut connector, &mut client).await
+        })
+    }
+}
+
+impl<P> Connector<P, SinkKind>
+where
+    P: CommandFactory + FromArgMatches + 'static,
+{
+    /// Runs the sink: `start` opens the external system and returns the connector the
+    /// runtime then feeds until the input ends or shutdown.
+    pub fn run<K, F, Fut>(self, start: F) -> ExitCode
+    where
+        K: SinkConnector,
+        F: FnOnce(Context, P) -> Fut,
+        Fut: Future<Output = Result<K>>,
+    {
+        let (spec, check) = match self.parts(Direction::Sink) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        run_main(spec, check, |ctx| async move {
+            let params = typed::parse_params::<P>(&ctx.params)?;
+            let input_error: Arc<Mutex<Option<String>>> = Arc::default();
+            let mut sink = open_sink(&ctx, input_error.clone()).await?;
+            let mut connector = start(ctx.clone(), params).await?;
+            connector::run_sink(&ctx, &mut connector, &mut sink).await?;
+            bad_input(&input_error)
+        })
     }
 }

@@ -39,28 +39,9 @@ use crate::transport::{self, BoxRead, BoxWrite};
 /// Write buffer size at which `write` flushes on its own.
 const FLUSH_AT: usize = 256 * 1024;
 
-/// Returned (inside `anyhow::Error`) when standard output was closed (`| head`): the
-/// runtime treats it as a clean end.
-#[derive(Debug, thiserror::Error)]
-#[error("standard output closed")]
-pub struct OutputClosed;
+pub use crate::client::{OutputClosed, ShuttingDown};
 
-/// Returned when shutdown was requested while waiting (for credits or the engine).
-#[derive(Debug, thiserror::Error)]
-#[error("shutting down")]
-pub struct ShuttingDown;
-
-/// A stream announced to the engine.
-#[derive(Debug, Clone)]
-pub struct StreamHandle {
-    /// Stable id of the stream (a hash of its name).
-    pub id: u64,
-    /// The stream's name.
-    pub name: String,
-    /// Highest message id the engine has durably processed on this stream, if any:
-    /// resume upstream right after it.
-    pub resume: Option<u64>,
-}
+pub use crate::client::StreamHandle;
 
 /// One acknowledgement: every message of `stream_id` with id <= `point` is safely processed
 /// and may be committed upstream.
@@ -447,23 +428,7 @@ impl StdoutLink {
     }
 }
 
-/// Why a record cannot travel in a MESSAGE frame, if it cannot: its key is longer than a
-/// `short_bytes` field holds, or the frame would pass the frame limit (`max_frame`, the
-/// length field's value) that the engine enforces.
-fn unsendable(key: usize, payload: usize, max_frame: usize) -> Option<String> {
-    const MESSAGE_HEADER: usize = 1 + 8 + 8 + 8 + 2;
-    if key > usize::from(u16::MAX) {
-        return Some(format!(
-            "its key is {key} bytes; the protocol carries keys of up to 65535 bytes"
-        ));
-    }
-    let frame = MESSAGE_HEADER + key + payload;
-    (frame > max_frame).then(|| {
-        format!(
-            "its frame would be {frame} bytes, over the {max_frame}-byte limit; raise --max-frame-bytes (or max_frame_bytes in the application module) for the engine and this connector"
-        )
-    })
-}
+use crate::batch::unsendable;
 
 /// Ids sent to the engine and not yet acknowledged, per stream. The reader task counts
 /// acknowledgements against it as they arrive, so `connector_acked_total` and
@@ -1159,18 +1124,4 @@ async fn read_loop(
     };
     let _ = control.send(Control::Lost(why));
     wake.notify_one();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unsendable;
-
-    #[test]
-    fn keys_over_a_short_bytes_field_and_frames_over_the_limit_are_unsendable() {
-        assert_eq!(unsendable(65_535, 10, 1 << 24), None);
-        assert!(unsendable(65_536, 10, 1 << 24).is_some_and(|r| r.contains("65535")));
-        // MESSAGE body: tag, stream id, message id, event time, key length, key, payload.
-        assert_eq!(unsendable(3, 100 - 27 - 3, 100), None);
-        assert!(unsendable(3, 100 - 27 - 2, 100).is_some_and(|r| r.contains("101 bytes")));
-    }
 }

@@ -43,7 +43,7 @@ const SPEC: ConnectorSpec = ConnectorSpec {
 type Record = Outgoing<(Ticket, SinkMessage)>;
 
 fn main() -> ExitCode {
-    connector_runtime::sink(SPEC).check(check).run(run)
+    connector_runtime::legacy_sink(SPEC).check(check).run(run)
 }
 
 /// `--check`: the service is reachable and the resource exists.

@@ -123,7 +123,7 @@ struct Settings {
 }
 
 fn main() -> ExitCode {
-    connector_runtime::source(SPEC).check(check).run(run)
+    connector_runtime::legacy_source(SPEC).check(check).run(run)
 }
 
 /// `--check`: the stream exists and its shards can be listed.

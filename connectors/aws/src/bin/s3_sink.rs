@@ -99,7 +99,7 @@ struct Multipart {
 }
 
 fn main() -> ExitCode {
-    connector_runtime::sink(SPEC)
+    connector_runtime::legacy_sink(SPEC)
         .check(client::check_bucket)
         .run(run)
 }

@@ -95,7 +95,7 @@ struct Reader {
 }
 
 fn main() -> ExitCode {
-    connector_runtime::source(SPEC)
+    connector_runtime::legacy_source(SPEC)
         .check(client::check_bucket)
         .run(run)
 }

@@ -229,7 +229,7 @@ struct Writer<'a> {
 }
 
 fn main() -> ExitCode {
-    connector_runtime::sink(SPEC)
+    connector_runtime::legacy_sink(SPEC)
         .check(|ctx| async move { check(&ctx) })
         .run(|ctx, mut sink| async move {
             let topic = ctx.params.required("topic")?.to_string();

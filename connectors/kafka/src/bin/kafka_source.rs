@@ -288,7 +288,7 @@ impl Parts {
 type Consumer_ = StreamConsumer<SourceContext>;
 
 fn main() -> ExitCode {
-    connector_runtime::source(SPEC)
+    connector_runtime::legacy_source(SPEC)
         .check(|ctx| async move { check(&ctx) })
         .run(|ctx, mut source| async move {
             let brokers = ctx.params.required("bootstrap_brokers")?.to_string();

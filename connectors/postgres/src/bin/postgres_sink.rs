@@ -54,7 +54,7 @@ fn settings(params: &Params) -> Result<(tokio_postgres::Config, SinkConfig)> {
 }
 
 fn main() -> ExitCode {
-    connector_runtime::sink(SPEC)
+    connector_runtime::legacy_sink(SPEC)
         .check(|ctx| async move {
             match settings(&ctx.params) {
                 Ok((config, cfg)) => check(&config, &cfg).await,

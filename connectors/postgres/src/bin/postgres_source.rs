@@ -51,7 +51,7 @@ fn settings(params: &Params) -> Result<(tokio_postgres::Config, SourceConfig)> {
 }
 
 fn main() -> ExitCode {
-    connector_runtime::source(SPEC)
+    connector_runtime::legacy_source(SPEC)
         .check(|ctx| async move {
             match settings(&ctx.params) {
                 Ok((config, cfg)) => check(&config, &cfg).await,

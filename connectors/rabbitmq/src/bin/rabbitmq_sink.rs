@@ -93,7 +93,7 @@ enum Outcome {
 
 fn main() -> ExitCode {
     rabbitmq_connectors::quiet_lapin_logs();
-    connector_runtime::sink(SPEC)
+    connector_runtime::legacy_sink(SPEC)
         .check(|ctx| async move {
             let r = async {
                 let cfg = config(&ctx)?;

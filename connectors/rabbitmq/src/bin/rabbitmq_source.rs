@@ -121,7 +121,7 @@ impl Session {
 
 fn main() -> ExitCode {
     rabbitmq_connectors::quiet_lapin_logs();
-    connector_runtime::source(SPEC)
+    connector_runtime::legacy_source(SPEC)
         .check(|ctx| async move {
             let r = async {
                 let cfg = config(&ctx)?;

@@ -29,7 +29,7 @@ const SPEC: ConnectorSpec = ConnectorSpec {
 };
 
 fn main() -> ExitCode {
-    connector_runtime::sink(SPEC)
+    connector_runtime::legacy_sink(SPEC)
         .check(|ctx| async move {
             vec![Check::from_result(
                 "Redis reachable and the hash key usable",

@@ -75,7 +75,7 @@ struct Stream {
 }
 
 fn main() -> ExitCode {
-    connector_runtime::source(SPEC)
+    connector_runtime::legacy_source(SPEC)
         .check(|ctx| async move {
             vec![Check::from_result(
                 "Redis reachable and the stream usable",

@@ -37,7 +37,7 @@ const SPEC: ConnectorSpec = ConnectorSpec {
 };
 
 fn main() -> ExitCode {
-    connector_runtime::source(SPEC)
+    connector_runtime::legacy_source(SPEC)
         .check(|ctx| async move { vec![Check::from_result("Redis reachable", check(&ctx).await)] })
         .run(|ctx, mut source| async move {
             let topics = ctx.params.list("topic");

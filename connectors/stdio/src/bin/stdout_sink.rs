@@ -4,39 +4,48 @@
 use std::process::ExitCode;
 
 use bytes::BytesMut;
+use connector_runtime::format::Format;
 use connector_runtime::prelude::*;
+use connector_runtime::OutputClosed;
 use tokio::io::AsyncWriteExt;
 
-const SPEC: ConnectorSpec = ConnectorSpec {
-    program: "stdout_sink",
-    about: "Writes every message from the engine to standard output (--format lines|frames|kv).",
-    direction: Direction::Sink,
-    params: &[],
-};
+/// Writes every message from the engine to standard output (--format lines|frames|kv).
+#[derive(Parser)]
+#[command(name = "stdout_sink")]
+struct Params {}
+
+struct StdoutSink {
+    out: tokio::io::Stdout,
+    format: Format,
+    buf: BytesMut,
+}
+
+impl SinkConnector for StdoutSink {
+    async fn write(&mut self, batch: &[SinkMessage], _: &mut Outcomes) -> Result<()> {
+        for m in batch {
+            self.format.encode(&m.key, &m.payload, &mut self.buf);
+        }
+        let written = async {
+            self.out.write_all(&self.buf).await?;
+            self.out.flush().await
+        }
+        .await;
+        self.buf.clear();
+        match written {
+            Ok(()) => Ok(()),
+            // `| head`: a clean end; what was not written is not acknowledged.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(OutputClosed.into()),
+            Err(e) => bail!("cannot write to standard output: {e}"),
+        }
+    }
+}
 
 fn main() -> ExitCode {
-    connector_runtime::sink(SPEC).run(|ctx, mut sink| async move {
-        let mut out = tokio::io::stdout();
-        let mut buf = BytesMut::new();
-        while let Some(batch) = sink.read_batch(4096).await {
-            for m in &batch {
-                ctx.options.format.encode(&m.key, &m.payload, &mut buf);
-                ctx.metrics.messages_out.inc();
-                ctx.metrics.bytes_out.add(m.payload.len() as u64);
-            }
-            match async {
-                out.write_all(&buf).await?;
-                out.flush().await
-            }
-            .await
-            {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                Err(e) => bail!("cannot write to standard output: {e}"),
-            }
-            buf.clear();
-            sink.ack_all(&batch);
-        }
-        Ok(())
+    connector_runtime::sink().run(|ctx, _: Params| async move {
+        Ok(StdoutSink {
+            out: tokio::io::stdout(),
+            format: ctx.options.format,
+            buf: BytesMut::new(),
+        })
     })
 }

@@ -40,7 +40,7 @@ const SPEC: ConnectorSpec = ConnectorSpec {
 };
 
 fn main() -> ExitCode {
-    connector_runtime::sink(SPEC)
+    connector_runtime::legacy_sink(SPEC)
         // 2. Optional: what `--check` tries besides the runtime's checks.
         .check(|ctx| async move {
             match ctx.params.get("file") {

@@ -45,7 +45,7 @@ const SPEC: ConnectorSpec = ConnectorSpec {
 };
 
 fn main() -> ExitCode {
-    connector_runtime::source(SPEC)
+    connector_runtime::legacy_source(SPEC)
         // -------------------------------------------------------------------------------
         // 2. Optional: what `--check` should try besides the runtime's own checks (the
         //    application file, the parameters, the engine's address). One `Check` per line.

@@ -8,55 +8,68 @@ use std::process::ExitCode;
 use connector_runtime::prelude::*;
 use tokio::net::UdpSocket;
 
-const SPEC: ConnectorSpec = ConnectorSpec {
-    program: "udp_sink",
-    about: "Sends the payload of every message from the engine as one UDP datagram.",
-    direction: Direction::Sink,
-    params: &[
-        Param::with_default("host", "Destination address", "127.0.0.1"),
-        Param::required("port", "Destination UDP port"),
-    ],
-};
+/// Sends the payload of every message from the engine as one UDP datagram.
+#[derive(Parser)]
+#[command(name = "udp_sink")]
+struct Params {
+    /// Destination address
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Destination UDP port
+    #[arg(long)]
+    port: u16,
+}
+
+struct UdpSink {
+    socket: UdpSocket,
+    destination: String,
+}
+
+impl SinkConnector for UdpSink {
+    async fn write(&mut self, batch: &[SinkMessage], outcomes: &mut Outcomes) -> Result<()> {
+        for (i, msg) in batch.iter().enumerate() {
+            match self.socket.send(&msg.payload).await {
+                Ok(_) => {}
+                // EMSGSIZE: this payload can never be sent as one datagram.
+                Err(e) if e.raw_os_error() == Some(90) => outcomes.refuse(
+                    i,
+                    format!(
+                        "payload of {} bytes is too large for a UDP datagram",
+                        msg.payload.len()
+                    ),
+                ),
+                // Nobody listening yet (ICMP port unreachable): UDP is fire-and-forget.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => bail!("UDP send to {} failed: {e}", self.destination),
+            }
+        }
+        Ok(())
+    }
+
+    fn batching(&self) -> Batching {
+        Batching {
+            max: 1024,
+            ..Batching::default()
+        }
+    }
+}
 
 fn main() -> ExitCode {
-    connector_runtime::sink(SPEC).run(|ctx, mut sink| async move {
-        let host = ctx.params.required("host")?;
-        let port: u16 = ctx.params.parse_or("port", 0)?;
-        let bind = if host.contains(':') {
+    connector_runtime::sink().run(|_ctx, p: Params| async move {
+        let bind = if p.host.contains(':') {
             "[::]:0"
         } else {
             "0.0.0.0:0"
         };
         let socket = UdpSocket::bind(bind).await?;
+        let destination = format!("{}:{}", p.host, p.port);
         socket
-            .connect((host, port))
+            .connect((p.host.as_str(), p.port))
             .await
-            .with_context(|| format!("cannot resolve UDP destination {host}:{port}"))?;
-        while let Some(batch) = sink.read_batch(1024).await {
-            for msg in &batch {
-                match socket.send(&msg.payload).await {
-                    Ok(_) => {
-                        ctx.metrics.messages_out.inc();
-                        ctx.metrics.bytes_out.add(msg.payload.len() as u64);
-                    }
-                    Err(e) if e.raw_os_error() == Some(90) => {
-                        // EMSGSIZE: this payload can never be sent as one datagram.
-                        ctx.dead_letter(
-                            msg,
-                            &format!(
-                                "payload of {} bytes is too large for a UDP datagram",
-                                msg.payload.len()
-                            ),
-                        )
-                        .await?;
-                    }
-                    // Nobody listening yet (ICMP port unreachable): UDP is fire-and-forget.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-                    Err(e) => return Err(anyhow!("UDP send to {host}:{port} failed: {e}")),
-                }
-            }
-            sink.ack_all(&batch);
-        }
-        Ok(())
+            .with_context(|| format!("cannot resolve UDP destination {destination}"))?;
+        Ok(UdpSink {
+            socket,
+            destination,
+        })
     })
 }

@@ -4,8 +4,8 @@
 //! kernel dropped is gone. Empty datagrams and datagrams over `max_bytes` are counted and
 //! reported, not forwarded.
 //!
-//! Copy this file to start a connector of your own: parameters in `SPEC`, then a loop that
-//! reads upstream, `write`s, and `flush`es when nothing more is ready.
+//! Copy this file to start a connector of your own: the parameters, `start` (open the
+//! upstream), `read` (push what is ready) and, when the upstream can commit, `commit`.
 
 use std::process::ExitCode;
 
@@ -13,90 +13,104 @@ use connector_runtime::prelude::*;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-const SPEC: ConnectorSpec = ConnectorSpec {
-    program: "udp_source",
-    about: "Receives UDP datagrams and forwards each one unchanged as a message to the engine.",
-    direction: Direction::Source,
-    params: &[
-        Param::with_default("host", "Address to bind the UDP socket to", "127.0.0.1"),
-        Param::required("port", "UDP port to receive on"),
-        Param::with_default(
-            "max_bytes",
-            "Largest datagram forwarded; larger ones are counted and dropped",
-            "65507",
-        ),
-        Param::with_default(
-            "recv_buffer",
-            "Kernel receive buffer in bytes (bursts beyond it are dropped by the kernel)",
-            "8388608",
-        ),
-    ],
-};
+/// Receives UDP datagrams and forwards each one unchanged as a message to the engine.
+#[derive(Parser)]
+#[command(name = "udp_source")]
+struct Params {
+    /// Address to bind the UDP socket to
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// UDP port to receive on
+    #[arg(long)]
+    port: u16,
+    /// Largest datagram forwarded; larger ones are counted and dropped
+    #[arg(long, default_value_t = 65507)]
+    max_bytes: usize,
+    /// Kernel receive buffer in bytes (bursts beyond it are dropped by the kernel)
+    #[arg(long, default_value_t = 8 << 20)]
+    recv_buffer: usize,
+}
 
-fn main() -> ExitCode {
-    connector_runtime::source(SPEC).run(|ctx, mut source| async move {
-        let host = ctx.params.required("host")?;
-        let port: u16 = ctx.params.parse_or("port", 0)?;
-        let max_bytes: usize = ctx.params.parse_or("max_bytes", 65507)?;
-        let socket = bind(host, port, ctx.params.parse_or("recv_buffer", 8 << 20)?)
-            .with_context(|| format!("cannot bind UDP {host}:{port}"))?;
-        let stream = source.notify(&format!("udp:{host}:{port}"), None).await?;
-        // Ids only need to increase across restarts of this process: start above both the
-        // engine's resume point and any id an earlier run can have used (its start time).
-        let mut id = stream.resume.unwrap_or(0).max(unix_nanos());
-        let (empty, oversize) = (
-            ctx.metrics.registry.counter(
-                "udp_datagrams_dropped_total",
-                "Datagrams not forwarded, by reason.",
-                &[("reason", "empty")],
-            ),
-            ctx.metrics.registry.counter(
-                "udp_datagrams_dropped_total",
-                "Datagrams not forwarded, by reason.",
-                &[("reason", "oversize")],
-            ),
-        );
-        let mut buf = vec![0u8; max_bytes + 1];
-        loop {
-            let n = tokio::select! {
-                r = socket.recv(&mut buf) => r?,
-                _ = tokio::time::sleep(IDLE_FLUSH) => {
-                    // Idle: notices a lost engine connection and resends.
-                    source.flush().await?;
-                    continue;
-                }
-                _ = ctx.shutdown.cancelled() => break,
-            };
-            let mut next = Some(n);
-            while let Some(n) = next {
-                ctx.metrics.messages_in.inc();
-                ctx.metrics.bytes_in.add(n as u64);
-                if n == 0 {
-                    empty.inc();
-                    tracing::warn!("empty datagram dropped ({} so far)", empty.get());
-                } else if n > max_bytes {
-                    oversize.inc();
-                    tracing::warn!(
-                        "datagram over {max_bytes} bytes dropped ({} so far)",
-                        oversize.get()
-                    );
-                } else {
-                    id += 1;
-                    source.write(stream.id, id, b"", &buf[..n]).await?;
-                }
-                next = match socket.try_recv(&mut buf) {
-                    Ok(n) => Some(n),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-                    Err(e) => return Err(e.into()),
-                };
+struct UdpSource {
+    socket: UdpSocket,
+    name: String,
+    stream: Option<u64>,
+    next_id: u64,
+    buf: Vec<u8>,
+    max_bytes: usize,
+    empty: Counter,
+    oversize: Counter,
+}
+
+impl SourceConnector for UdpSource {
+    type Token = ();
+
+    async fn read(&mut self, out: &mut Batch<()>) -> Result<()> {
+        let Some(stream) = self.stream else {
+            self.stream = Some(out.open(&self.name, None));
+            return Ok(());
+        };
+        let mut n = self.socket.recv(&mut self.buf).await?;
+        // Everything the kernel already holds, up to one batch.
+        for taken in 1.. {
+            if n == 0 {
+                self.empty.inc();
+                tracing::warn!("empty datagram dropped ({} so far)", self.empty.get());
+            } else if n > self.max_bytes {
+                self.oversize.inc();
+                let max = self.max_bytes;
+                tracing::warn!(
+                    "datagram over {max} bytes dropped ({} so far)",
+                    self.oversize.get()
+                );
+            } else {
+                self.next_id += 1;
+                out.push(stream, self.next_id, b"", &self.buf[..n], ());
             }
-            source.flush().await?;
-        }
-        let left = source.drain(Duration::from_secs(10)).await?;
-        if left > 0 {
-            tracing::warn!("{left} datagrams were not acknowledged before exit");
+            if taken == 4096 {
+                break;
+            }
+            n = match self.socket.try_recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            };
         }
         Ok(())
+    }
+
+    async fn opened(&mut self, stream: &StreamHandle) -> Result<()> {
+        // Ids only need to increase across restarts of this process: start above both the
+        // engine's resume point and any id an earlier run can have used (its start time).
+        self.next_id = stream
+            .resume
+            .unwrap_or(0)
+            .max(connector_runtime::unix_nanos());
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    connector_runtime::source().run(|ctx, p: Params| async move {
+        let socket = bind(&p.host, p.port, p.recv_buffer)
+            .with_context(|| format!("cannot bind UDP {}:{}", p.host, p.port))?;
+        let dropped = |reason| {
+            ctx.metrics.registry.counter(
+                "udp_datagrams_dropped_total",
+                "Datagrams not forwarded, by reason.",
+                &[("reason", reason)],
+            )
+        };
+        Ok(UdpSource {
+            socket,
+            name: format!("udp:{}:{}", p.host, p.port),
+            stream: None,
+            next_id: 0,
+            buf: vec![0u8; p.max_bytes + 1],
+            max_bytes: p.max_bytes,
+            empty: dropped("empty"),
+            oversize: dropped("oversize"),
+        })
     })
 }
 
@@ -113,11 +127,4 @@ fn bind(host: &str, port: u16, recv_buffer: usize) -> Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(UdpSocket::from_std(socket.into())?)
-}
-
-fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }

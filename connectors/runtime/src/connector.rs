@@ -1,0 +1,325 @@
+//! The two traits a connector file implements, and the drivers that run them.
+//!
+//! A source connector only talks to its upstream: [`SourceConnector::read`] fills a
+//! [`Batch`] with records (each with an opaque commit token), and
+//! [`SourceConnector::commit`] gets the tokens back, in order per stream, once the engine
+//! acknowledged them. Everything about delivery (the connection, credits, one ledger per
+//! stream, replay after a reconnect, RESTART, draining and EOS) is the driver's.
+//!
+//! A sink connector only writes: [`SinkConnector::write`] gets a batch and says, per record,
+//! written / retry / refused. The driver retries with one back-off policy, dead-letters
+//! refusals and acknowledges the batch to the engine once every record is settled.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::batch::Batch;
+use crate::client::{ShuttingDown, SourceClient, StreamHandle};
+use crate::context::Context;
+use crate::sink::{Sink, SinkMessage};
+
+/// How long a pending `read` may hold back the commit of acknowledged records before it is
+/// interrupted (see [`SourceConnector::read`]).
+pub const COMMIT_DELAY: Duration = Duration::from_millis(10);
+
+/// An upstream system that records are read from: the Rust counterpart of the seed's
+/// `SourceConnector`.
+#[allow(async_fn_in_trait)]
+pub trait SourceConnector {
+    /// What the upstream needs to commit one record (an offset, a delivery tag, an entry
+    /// id, `()` when there is nothing to commit).
+    type Token;
+
+    /// Waits for upstream records and pushes them into `out` (and opens and ends streams).
+    ///
+    /// Cancel safety: when acknowledged records wait for [`SourceConnector::commit`] and the
+    /// read has waited for [`COMMIT_DELAY`], or on shutdown, the runtime drops this future at
+    /// its current `.await`. Push each record into `out` before the next `.await` and move
+    /// your upstream cursor only after pushing, as with tokio's `recv`: what was pushed is
+    /// kept, nothing else is lost.
+    async fn read(&mut self, out: &mut Batch<Self::Token>) -> Result<()>;
+
+    /// The engine answered the NOTIFY of a stream opened with [`Batch::open`]: position the
+    /// upstream after `stream.resume` (records up to it are not sent again anyway).
+    async fn opened(&mut self, stream: &StreamHandle) -> Result<()> {
+        let _ = stream;
+        Ok(())
+    }
+
+    /// Commits upstream the records the engine acknowledged: every token in order per
+    /// stream, never one whose predecessors were not acknowledged.
+    async fn commit(&mut self, tokens: Vec<Self::Token>) -> Result<()> {
+        let _ = tokens;
+        Ok(())
+    }
+
+    /// Called once at the end, after the last commit (leave a consumer group, close a
+    /// channel).
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How the runtime groups the engine's messages for [`SinkConnector::write`].
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most records in one call.
+    pub max: usize,
+    /// After the first record arrives, how long to wait for more (fewer, larger writes).
+    pub linger: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max: 4096,
+            linger: Duration::ZERO,
+        }
+    }
+}
+
+/// What became of one record of a [`SinkConnector::write`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Confirmed by the external system.
+    Written,
+    /// Not written this time (a transient failure): the runtime writes it again later.
+    Retry(String),
+    /// The external system will never take it: the runtime dead-letters it (or stops).
+    Refused(String),
+}
+
+/// One [`Outcome`] per record of a batch, [`Outcome::Written`] unless marked otherwise.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    list: Vec<Outcome>,
+}
+
+impl Outcomes {
+    fn reset(&mut self, n: usize) {
+        self.list.clear();
+        self.list.resize(n, Outcome::Written);
+    }
+
+    /// Record `i` of the batch must be written again.
+    pub fn retry(&mut self, i: usize, why: impl Into<String>) {
+        if let Some(o) = self.list.get_mut(i) {
+            *o = Outcome::Retry(why.into());
+        }
+    }
+
+    /// Record `i` of the batch is refused for good.
+    pub fn refuse(&mut self, i: usize, why: impl Into<String>) {
+        if let Some(o) = self.list.get_mut(i) {
+            *o = Outcome::Refused(why.into());
+        }
+    }
+
+    /// Every record of the batch must be written again.
+    pub fn retry_all(&mut self, why: &str) {
+        for o in &mut self.list {
+            *o = Outcome::Retry(why.to_string());
+        }
+    }
+
+    /// The outcome of record `i`.
+    pub fn get(&self, i: usize) -> Option<&Outcome> {
+        self.list.get(i)
+    }
+}
+
+/// An external system that the engine's output is written to: the Rust counterpart of the
+/// seed's `SinkConnector`.
+#[allow(async_fn_in_trait)]
+pub trait SinkConnector {
+    /// Writes `batch` and waits for the external system to confirm it. Mark what was not
+    /// written in `outcomes`; an `Err` stops the sink (nothing of the batch is acknowledged,
+    /// so the engine sends it again to the next sink).
+    async fn write(&mut self, batch: &[SinkMessage], outcomes: &mut Outcomes) -> Result<()>;
+
+    /// How to group the engine's messages.
+    fn batching(&self) -> Batching {
+        Batching::default()
+    }
+
+    /// Called once at the end (flush, close connections).
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Why a read ended.
+enum ReadEnd {
+    Done(Result<()>),
+    Commit,
+    Shutdown,
+}
+
+/// Runs a source connector until shutdown, the end of its input or an error.
+pub(crate) async fn run_source<S: SourceConnector>(
+    ctx: &Context,
+    connector: &mut S,
+    client: &mut SourceClient<S::Token>,
+) -> Result<()> {
+    let mut batch = client.batch(ctx.options.format);
+    let result = source_loop(ctx, connector, client, &mut batch).await;
+    let finished = match result {
+        Ok(finished) => finished,
+        Err(e) => {
+            // Keep what was acknowledged, then report the error.
+            let tokens = client.take_released();
+            if !tokens.is_empty() {
+                let _ = connector.commit(tokens).await;
+            }
+            let _ = connector.close().await;
+            return Err(e);
+        }
+    };
+    // Shutdown or end of input: send what was read, let the engine acknowledge it, commit.
+    if let Err(e) = client.send(&mut batch).await {
+        if e.downcast_ref::<ShuttingDown>().is_none() {
+            tracing::warn!("records read before shutdown not sent: {e:#}");
+        }
+    }
+    let timeout = ctx.options.drain_timeout;
+    let left = client
+        .drain(None, timeout)
+        .await
+        .unwrap_or_else(|_| client.in_flight());
+    let tokens = client.take_released();
+    if !tokens.is_empty() {
+        connector.commit(tokens).await?;
+    }
+    for id in client.stream_ids() {
+        client.end(id).await?;
+    }
+    if left > 0 {
+        tracing::warn!(
+            "{left} records were not acknowledged by the engine within {timeout:?}; the upstream delivers them again"
+        );
+    } else if finished {
+        tracing::info!("input finished and everything acknowledged");
+    }
+    connector.close().await
+}
+
+/// The read loop; `Ok(true)` when the input finished, `Ok(false)` on shutdown.
+async fn source_loop<S: SourceConnector>(
+    ctx: &Context,
+    connector: &mut S,
+    client: &mut SourceClient<S::Token>,
+    batch: &mut Batch<S::Token>,
+) -> Result<bool> {
+    let shutdown: &CancellationToken = &ctx.shutdown;
+    loop {
+        // Between reads: open, send, end, commit.
+        for (name, hint) in std::mem::take(&mut batch.opens) {
+            let stream = client.open(&name, hint).await?;
+            connector.opened(&stream).await?;
+        }
+        client.send(batch).await?;
+        for id in std::mem::take(&mut batch.ends) {
+            let left = client.drain(Some(id), ctx.options.drain_timeout).await?;
+            if left > 0 {
+                tracing::warn!("stream {id} ended with {left} records not acknowledged; the upstream delivers them again");
+            }
+            let tokens = client.take_released();
+            if !tokens.is_empty() {
+                connector.commit(tokens).await?;
+            }
+            client.end(id).await?;
+        }
+        let tokens = client.take_released();
+        if !tokens.is_empty() {
+            connector.commit(tokens).await?;
+        }
+        if batch.finished {
+            return Ok(true);
+        }
+        // Read, following the engine meanwhile (acknowledgements, a lost connection).
+        let end = {
+            let read = connector.read(batch);
+            tokio::pin!(read);
+            let started = Instant::now();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break ReadEnd::Shutdown,
+                    r = &mut read => break ReadEnd::Done(r),
+                    lost = client.next_event() => if lost {
+                        client.recover().await?;
+                    },
+                    _ = tokio::time::sleep_until(started + COMMIT_DELAY), if client.has_released() => {
+                        break ReadEnd::Commit;
+                    }
+                }
+            }
+        };
+        match end {
+            ReadEnd::Done(r) => r?,
+            ReadEnd::Commit => {}
+            ReadEnd::Shutdown => {
+                tracing::info!("shutdown requested: draining");
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Runs a sink connector until its input ends or shutdown.
+pub(crate) async fn run_sink<K: SinkConnector>(
+    ctx: &Context,
+    connector: &mut K,
+    sink: &mut Sink,
+) -> Result<()> {
+    let batching = connector.batching();
+    let mut outcomes = Outcomes::default();
+    let mut backoff = Backoff::default();
+    while let Some(batch) = sink.read_batch_linger(batching.max, batching.linger).await {
+        let mut todo = batch.clone();
+        loop {
+            outcomes.reset(todo.len());
+            connector.write(&todo, &mut outcomes).await?;
+            let mut retry = Vec::new();
+            let mut why_retry = None;
+            for (msg, outcome) in todo.into_iter().zip(outcomes.list.drain(..)) {
+                match outcome {
+                    Outcome::Written => {
+                        ctx.metrics.messages_out.inc();
+                        ctx.metrics.bytes_out.add(msg.payload.len() as u64);
+                    }
+                    Outcome::Refused(reason) => ctx.dead_letter(&msg, &reason).await?,
+                    Outcome::Retry(why) => {
+                        why_retry.get_or_insert(why);
+                        retry.push(msg);
+                    }
+                }
+            }
+            let Some(why) = why_retry else {
+                backoff.reset();
+                break;
+            };
+            ctx.metrics.error("retry");
+            let delay = backoff.next_delay();
+            if backoff.attempts() == 1 || backoff.attempts() % 10 == 0 {
+                tracing::warn!(
+                    "{} records not written ({why}); writing them again in {delay:?} (attempt {})",
+                    retry.len(),
+                    backoff.attempts()
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // Not acknowledged: the engine sends them again to the next sink.
+                _ = ctx.shutdown.cancelled() => return connector.close().await,
+            }
+            todo = retry;
+        }
+        sink.ack_all(&batch);
+    }
+    connector.close().await
+}
