@@ -3,12 +3,13 @@
 //! It appends the payload of every message from the engine to a text file, one line per
 //! message. The file plays the part of your external system (a table, a bucket, a topic).
 //!
-//! Delivery guarantee: at-least-once. A message is acknowledged to the engine only after its
-//! line was written to the file (and synced to disk with `--CONNECTOR-sync true`); if this
-//! process dies before that, the engine sends the message again when the sink is back, so a
-//! line can appear twice but is never lost. A payload that contains a newline can never be
-//! written as one line: it is refused permanently and goes to `--dead-letter DIR` when given;
-//! without that flag the sink stops with an error and does not acknowledge it.
+//! Delivery guarantee: at-least-once. The runtime acknowledges a batch to the engine only
+//! after `write` returned (the lines written, and synced to disk with `--CONNECTOR-sync
+//! true`); if this process dies before that, the engine sends the batch again when the sink
+//! is back, so a line can appear twice but is never lost. A payload that contains a newline
+//! can never be written as one line: `write` refuses it, and the runtime puts it in
+//! `--dead-letter DIR` when given; without that flag the sink stops with an error and does
+//! not acknowledge it.
 //!
 //! Run it (the engine connects to the `copy` connector's port in `app.toml`):
 //! ```text
@@ -19,94 +20,97 @@
 use std::process::ExitCode;
 
 use connector_runtime::prelude::*;
-use tokio::fs::OpenOptions;
+use tokio::fs::{File, OpenOptions};
 use tokio::io::AsyncWriteExt;
 
-// ---------------------------------------------------------------------------------------
-// 1. What this binary is and its parameters: the Rust counterpart of Wallaroo's
+// 1. The parameters: the Rust counterpart of Wallaroo's
 //    `SinkConnector(required_params=["file"], optional_params=["sync"])`.
-// ---------------------------------------------------------------------------------------
-const SPEC: ConnectorSpec = ConnectorSpec {
-    program: "template_sink",
-    about: "Appends the payload of every message from the engine to a file, one line each (a template to copy).",
-    direction: Direction::Sink,
-    params: &[
-        Param::required("file", "File to append one line per message to"),
-        Param::optional(
-            "sync",
-            "true: fsync the file before acknowledging, so acknowledged lines survive a power cut",
-        ),
-    ],
-};
 
+/// Appends the payload of every message from the engine to a file, one line each (a template to copy).
+#[derive(Parser)]
+#[command(name = "template_sink")]
+struct Params {
+    /// File to append one line per message to
+    #[arg(long)]
+    file: String,
+    /// true: fsync the file before acknowledging, so acknowledged lines survive a power cut
+    #[arg(long)]
+    sync: bool,
+}
+
+// 2. The connector: the external system's handle, and how to write a batch to it.
+struct FileSink {
+    file: File,
+    path: String,
+    sync: bool,
+    lines: Vec<u8>,
+}
+
+impl SinkConnector for FileSink {
+    /// The seed's `read()` loop, a batch at a time: write, wait until the external system
+    /// confirmed it, and say what became of each message. The runtime acknowledges the batch
+    /// to the engine only after this returns.
+    async fn write(&mut self, batch: &[SinkMessage], outcomes: &mut Outcomes) -> Result<()> {
+        self.lines.clear();
+        for (i, msg) in batch.iter().enumerate() {
+            // A message the external system can never take is refused for good; a transient
+            // failure would be `outcomes.retry(i, why)` (the runtime writes it again later).
+            if msg.payload.contains(&b'\n') {
+                let why = "payload contains a newline; this sink writes one line per message";
+                outcomes.refuse(i, why);
+                continue;
+            }
+            self.lines.extend_from_slice(&msg.payload);
+            self.lines.push(b'\n');
+        }
+        // An error here stops the sink: nothing of the batch is acknowledged.
+        self.file
+            .write_all(&self.lines)
+            .await
+            .with_context(|| format!("cannot write {}", self.path))?;
+        self.file.flush().await?;
+        if self.sync {
+            self.file.sync_data().await?;
+        }
+        Ok(())
+    }
+
+    fn batching(&self) -> Batching {
+        Batching {
+            max: 1000,
+            ..Batching::default()
+        }
+    }
+}
+
+// 3. `main`: connect to the external system (fail with a one-line reason if we cannot) and
+//    hand the connector to the runtime. The seed's `listen()` is the runtime's: it listens on
+//    the connector's address from the application file and lets the engine connect (and
+//    reconnect), or reads standard input with `--from stdin`.
 fn main() -> ExitCode {
-    connector_runtime::legacy_sink(SPEC)
-        // 2. Optional: what `--check` tries besides the runtime's checks.
-        .check(|ctx| async move {
-            match ctx.params.get("file") {
-                Some(path) => vec![Check::from_result(
-                    format!("output file {path} can be appended to"),
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .await
-                        .map_err(|e| anyhow!("{e}: fix --{}-file", ctx.connector)),
-                )],
-                None => vec![],
-            }
-        })
-        // -------------------------------------------------------------------------------
-        // 3. The body. The seed's `listen()` has already happened when it runs: the runtime
-        //    listens on the connector's address from the application file and lets the
-        //    engine connect (and reconnect), or reads standard input for `--from stdin`.
-        // -------------------------------------------------------------------------------
-        .run(|ctx, mut sink| async move {
-            let path = ctx.params.required("file")?;
-            let sync = ctx.params.flag("sync")?;
-            // Connect to the external system: fail with a one-line reason if we cannot.
-            let mut file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await
-                .with_context(|| format!("cannot open --{}-file {path}", ctx.connector))?;
-            let mut lines = Vec::new();
-
-            // The seed's `read()` loop, a batch at a time: `read_batch` waits for at least one
-            // message and returns up to 1000 that are ready. `sink.read()` returns one message
-            // if you prefer. Both return `None` on SIGTERM/Ctrl-C or at the end of stdin.
-            while let Some(batch) = sink.read_batch(1000).await {
-                lines.clear();
-                for msg in &batch {
-                    // A message the external system can never take is refused permanently:
-                    // with `--dead-letter DIR` it is set aside there and we go on (it is
-                    // acknowledged with the batch below); without it, `?` stops the sink here
-                    // and nothing of this batch is acknowledged.
-                    if msg.payload.contains(&b'\n') {
-                        ctx.dead_letter(
-                            msg,
-                            "payload contains a newline; this sink writes one line per message",
-                        )
-                        .await?;
-                        continue;
-                    }
-                    lines.extend_from_slice(&msg.payload);
-                    lines.push(b'\n');
-                    ctx.metrics.messages_out.inc();
-                    ctx.metrics.bytes_out.add(msg.payload.len() as u64);
-                }
-                // Write, and wait until the external system confirmed the write.
-                file.write_all(&lines)
+    connector_runtime::sink()
+        // Optional: what `--check` tries besides the runtime's own checks.
+        .check(|ctx, p: Params| async move {
+            vec![Check::from_result(
+                format!("output file {} can be appended to", p.file),
+                open(&p.file)
                     .await
-                    .with_context(|| format!("cannot write {path}"))?;
-                file.flush().await?;
-                if sync {
-                    file.sync_data().await?;
-                }
-                // Only now tell the engine these messages are safely delivered.
-                sink.ack_all(&batch);
-            }
-            Ok(())
+                    .map_err(|e| anyhow!("{e}: fix --{}-file", ctx.connector)),
+            )]
         })
+        .run(|ctx, p: Params| async move {
+            let file = open(&p.file)
+                .await
+                .with_context(|| format!("cannot open --{}-file {}", ctx.connector, p.file))?;
+            Ok(FileSink {
+                file,
+                path: p.file,
+                sync: p.sync,
+                lines: Vec::new(),
+            })
+        })
+}
+
+async fn open(path: &str) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path).await
 }

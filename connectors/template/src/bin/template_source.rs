@@ -5,9 +5,10 @@
 //! The file plays the part of your upstream system (a topic, a queue, a table); the offset
 //! file plays the part of its commit (a Kafka offset commit, an AMQP ack, a Redis XACK).
 //!
-//! Delivery guarantee: at-least-once. The offset file only ever holds a position the engine
-//! acknowledged, so after a crash the lines after it are sent again (the engine drops those
-//! it already processed, since message ids are byte offsets and never repeat).
+//! Delivery guarantee: at-least-once. The runtime calls `commit` only with lines the engine
+//! acknowledged, so the offset file never runs ahead of the engine; after a crash the lines
+//! after it are sent again (the engine drops those it already processed, since message ids
+//! are byte offsets and never repeat).
 //!
 //! Run it (the engine listens on the `lines` connector's port in `app.toml`):
 //! ```text
@@ -23,117 +24,119 @@ use std::process::ExitCode;
 use connector_runtime::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
 
-// ---------------------------------------------------------------------------------------
-// 1. What this binary is and the parameters it takes. This is the Rust counterpart of
-//    Wallaroo's `SourceConnector(required_params=["file"], optional_params=["offset_file"])`.
-//    Each parameter is given as `--CONNECTOR-NAME VALUE` (here `--lines-file input.txt`),
-//    or as `NAME = "..."` in the `[source_connectors.CONNECTOR.params]` table of the
-//    application file, or as the environment variable `CONNECTOR_NAME`. `--help` lists them.
-// ---------------------------------------------------------------------------------------
-const SPEC: ConnectorSpec = ConnectorSpec {
-    program: "template_source",
-    about:
-        "Sends the lines of a text file to the engine, one message per line (a template to copy).",
-    direction: Direction::Source,
-    params: &[
-        Param::required("file", "Text file to send, one message per line"),
-        Param::optional(
-            "offset_file",
-            "File where the acknowledged position is kept; a restart resumes after it",
-        ),
-    ],
-};
+// 1. The parameters: the Rust counterpart of Wallaroo's
+//    `SourceConnector(required_params=["file"], optional_params=["offset_file"])`. Each field
+//    is `--CONNECTOR-FIELD VALUE` (here `--lines-file input.txt`), or `FIELD = "..."` in the
+//    `[source_connectors.CONNECTOR.params]` table, or the variable `CONNECTOR_FIELD`; its doc
+//    comment is its `--help` line and `default_value` its default.
 
-fn main() -> ExitCode {
-    connector_runtime::legacy_source(SPEC)
-        // -------------------------------------------------------------------------------
-        // 2. Optional: what `--check` should try besides the runtime's own checks (the
-        //    application file, the parameters, the engine's address). One `Check` per line.
-        // -------------------------------------------------------------------------------
-        .check(|ctx| async move {
-            match ctx.params.get("file") {
-                Some(path) => vec![Check::from_result(
-                    format!("input file {path} is readable"),
-                    tokio::fs::File::open(path)
-                        .await
-                        .map_err(|e| anyhow!("{e}: fix --{}-file", ctx.connector)),
-                )],
-                None => vec![], // the runtime already reported the missing parameter
+/// Sends the lines of a text file to the engine, one message per line (a template to copy).
+#[derive(Parser)]
+#[command(name = "template_source")]
+struct Params {
+    /// Text file to send, one message per line
+    #[arg(long)]
+    file: String,
+    /// File where the acknowledged position is kept; a restart resumes after it
+    #[arg(long)]
+    offset_file: Option<PathBuf>,
+}
+
+// 2. The connector: the upstream's state, and how to read from it and commit to it.
+struct FileSource {
+    path: String,
+    input: BufReader<tokio::fs::File>,
+    offset_file: Option<PathBuf>,
+    /// The position the offset file held at start.
+    committed: Option<u64>,
+    stream: Option<u64>,
+    /// Byte offset after the last line pushed.
+    offset: u64,
+    /// The line being read: kept across calls, so an interrupted read loses nothing.
+    line: Vec<u8>,
+}
+
+impl SourceConnector for FileSource {
+    /// The commit token of a line: the byte offset after it, where to resume.
+    type Token = u64;
+
+    async fn read(&mut self, out: &mut Batch<u64>) -> Result<()> {
+        // First call: announce the stream (one per partition, shard, queue, file); the
+        // runtime asks the engine where it stands and calls `opened`.
+        let Some(stream) = self.stream else {
+            self.stream = Some(out.open(&self.path, self.committed));
+            return Ok(());
+        };
+        // The seed's `write()`, a batch at a time. The runtime sends the batch when `read`
+        // returns, waiting for credits from the engine (back-pressure).
+        while out.len() < 1000 {
+            let n = self.input.read_until(b'\n', &mut self.line).await?;
+            if n == 0 {
+                out.finish(); // end of the file: drain, commit, end the stream, exit
+                break;
             }
+            self.offset += n as u64;
+            let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+            // The message id must grow within a stream: the byte offset after the line does.
+            out.push(stream, self.offset, b"", text, self.offset);
+            self.line.clear();
+        }
+        Ok(())
+    }
+
+    async fn opened(&mut self, stream: &StreamHandle) -> Result<()> {
+        // The engine has processed up to `stream.resume`: start after the later of the two.
+        self.offset = stream.resume.max(self.committed).unwrap_or(0);
+        self.input.seek(SeekFrom::Start(self.offset)).await?;
+        Ok(())
+    }
+
+    async fn commit(&mut self, tokens: Vec<u64>) -> Result<()> {
+        // Only acknowledged lines come here, in order: keep the last position.
+        match (&self.offset_file, tokens.last()) {
+            (Some(f), Some(point)) => write_offset(f, *point).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+// 3. `main`: open the upstream (so a bad setting is reported at once, before waiting for the
+//    engine) and hand the connector to the runtime, which connects to the engine (or writes
+//    to standard output with `--to stdout`) and drives it until the end or Ctrl-C.
+fn main() -> ExitCode {
+    connector_runtime::source()
+        // Optional: what `--check` tries besides the runtime's own checks.
+        .check(|ctx, p: Params| async move {
+            vec![Check::from_result(
+                format!("input file {} is readable", p.file),
+                tokio::fs::File::open(&p.file)
+                    .await
+                    .map_err(|e| anyhow!("{e}: fix --{}-file", ctx.connector)),
+            )]
         })
-        // -------------------------------------------------------------------------------
-        // 3. The body. The runtime parsed the arguments; `source` connects to the engine (the
-        //    seed's `connect()`, retrying until it is up) at the first `notify`, or writes to
-        //    standard output with `--to stdout`. Open upstream first, so that a bad setting
-        //    is reported at once rather than after the engine is reachable.
-        // -------------------------------------------------------------------------------
-        .run(|ctx, mut source| async move {
-            let path = ctx.params.required("file")?.to_string();
-            let offset_file = ctx.params.get("offset_file").map(PathBuf::from);
-            let committed = match &offset_file {
+        .run(|ctx, p: Params| async move {
+            let committed = match &p.offset_file {
                 Some(f) => read_offset(f).await?,
                 None => None,
             };
-            let mut file = tokio::fs::File::open(&path)
+            let file = tokio::fs::File::open(&p.file)
                 .await
-                .with_context(|| format!("cannot open --{}-file {path}", ctx.connector))?;
-
-            // Announce the stream. A connector can open many (one per partition, shard,
-            // queue); ids are a hash of the name. The engine answers with the last message id
-            // it has processed on this stream, if any: resume after the later of the two.
-            let stream = source.notify(&path, committed).await?;
-            let start = stream.resume.max(committed).unwrap_or(0);
-            let mut acks = source.acks();
-            file.seek(SeekFrom::Start(start)).await?;
-            let mut input = BufReader::new(file);
-            let mut offset = start;
-            let mut line = Vec::new();
-
-            // The main loop: read upstream, write to the engine, commit what was acknowledged.
-            let sent: Result<()> = async {
-                loop {
-                    line.clear();
-                    let n = tokio::select! {
-                        n = input.read_until(b'\n', &mut line) => n?,
-                        _ = ctx.shutdown.cancelled() => break, // Ctrl-C / SIGTERM
-                    };
-                    if n == 0 {
-                        break; // end of the file
-                    }
-                    offset += n as u64;
-                    let text = line.strip_suffix(b"\n").unwrap_or(&line);
-                    ctx.metrics.messages_in.inc();
-                    ctx.metrics.bytes_in.add(text.len() as u64);
-                    // The seed's `write()`. The message id must grow within a stream: the byte
-                    // offset after the line does, and it is exactly where to resume from.
-                    // `write` waits while the engine gives no credits (back-pressure) and
-                    // buffers; it sends on its own when the buffer is full.
-                    source.write(stream.id, offset, b"", text).await?;
-                    // Commit whatever the engine acknowledged meanwhile (does not wait).
-                    commit(offset_file.as_deref(), acks.try_next()).await?;
-                }
-                // Send what is buffered, wait (up to 30 s) until the engine acknowledged all
-                // of it, then end the stream. A source that never ends (a topic, a socket)
-                // calls `source.flush()` whenever upstream has nothing ready instead, and
-                // every IDLE_FLUSH while it waits (that is how it notices a lost engine).
-                source.finish(stream.id, Duration::from_secs(30)).await
-            }
-            .await;
-
-            // Whatever ended the loop (end of file, a signal, a closed stdout under `| head`,
-            // a lost engine), commit what was acknowledged, and only that. With `--to stdout`
-            // a line counts as acknowledged once it was written to standard output.
-            commit(offset_file.as_deref(), acks.try_next()).await?;
-            sent
+                .with_context(|| format!("cannot open --{}-file {}", ctx.connector, p.file))?;
+            Ok(FileSource {
+                path: p.file,
+                input: BufReader::new(file),
+                offset_file: p.offset_file,
+                committed,
+                stream: None,
+                offset: 0,
+                line: Vec::new(),
+            })
         })
 }
 
-/// The upstream commit: keep the highest acknowledged position in the offset file.
-async fn commit(offset_file: Option<&Path>, acked: Vec<Acked>) -> Result<()> {
-    let (Some(f), Some(point)) = (offset_file, acked.iter().map(|a| a.point).max()) else {
-        return Ok(());
-    };
-    // Write a new file and rename it over the old one, so a crash never leaves half a number.
+/// The upstream commit: a new file renamed over the old one, so a crash never leaves half a
+/// number.
+async fn write_offset(f: &Path, point: u64) -> Result<()> {
     let tmp = f.with_extension("tmp");
     tokio::fs::write(&tmp, format!("{point}\n"))
         .await
