@@ -1,4 +1,5 @@
-//! End-to-end throughput with acknowledgements on: the runtime's source client -> the engine
+//! End-to-end throughput with acknowledgements on: the runtime's source client (batches of
+//! 4096 records sent and their tokens released as the source driver does) -> the engine
 //! (pass-through) -> the runtime's sink server, each on its own single-threaded runtime and
 //! thread, over Unix sockets and TCP on loopback. Prints messages/s and MB/s.
 //!
@@ -8,9 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use application::{Application, Endpoint};
+use connector_runtime::client::SourceClient;
+use connector_runtime::format::Format;
 use connector_runtime::metrics::ConnectorMetrics;
 use connector_runtime::sink::{Sink, SinkServerConfig};
-use connector_runtime::Source;
 use framing::{Hello, PROTOCOL_VERSION};
 use tokio_util::sync::CancellationToken;
 
@@ -103,23 +105,35 @@ fn run(label: &str, unix: bool, messages: u64, payload: usize) {
             program_name: "bench".into(),
             instance_name: "feed".into(),
         };
-        let mut source = Source::connect_engine(
+        let mut source: SourceClient<u64> = SourceClient::engine(
             src_ep,
             hello,
             1 << 24,
             ConnectorMetrics::new("bench_source", "feed"),
             CancellationToken::new(),
-        )
-        .await
-        .expect("source connects");
+        );
         let s = source
-            .notify(&format!("bench-{unix}"), None)
+            .open(&format!("bench-{unix}"), None)
             .await
-            .expect("notify");
-        for id in 1..=messages {
-            source.write(s.id, id, b"", &body).await.expect("write");
+            .expect("open");
+        let mut batch = source.batch(Format::Lines);
+        let mut released = 0u64;
+        let mut id = 0u64;
+        while id < messages {
+            while batch.len() < 4096 && id < messages {
+                id += 1;
+                batch.push(s.id, id, b"", &body, id);
+            }
+            source.send(&mut batch).await.expect("send");
+            released += source.take_released().len() as u64;
         }
-        source.drain(Duration::from_secs(120)).await.expect("drain")
+        let left = source
+            .drain(None, Duration::from_secs(120))
+            .await
+            .expect("drain");
+        released += source.take_released().len() as u64;
+        assert_eq!(released + left as u64, messages, "tokens released in full");
+        left
     });
     let elapsed = started.elapsed();
     let (got, bytes) = sink_thread.join().expect("sink thread");

@@ -1,13 +1,17 @@
 //! The source client and the sink server against scripted peers speaking raw frames:
 //! handshake, credits, acknowledgements, replay after a reconnect, and refusal of bad peers.
+//! The source side is driven the way the runtime's driver drives it: batches sent with
+//! `send`, the engine followed with `next_event`/`recover` between reads, tokens released
+//! in order once acknowledged.
 
 use std::time::Duration;
 
 use application::Endpoint;
 use bytes::{Bytes, BytesMut};
+use connector_runtime::client::SourceClient;
+use connector_runtime::format::Format;
 use connector_runtime::metrics::ConnectorMetrics;
 use connector_runtime::sink::{Sink, SinkServerConfig};
-use connector_runtime::Source;
 use framing::{Frame, Hello, Message, ProtocolCodec, NOTHING_PROCESSED, PROTOCOL_VERSION};
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,15 +46,41 @@ async fn engine_listener() -> (TcpListener, Endpoint) {
     (listener, endpoint)
 }
 
-/// A source client for `endpoint` (it connects on its first notify).
-fn source_for(endpoint: Endpoint) -> Source {
-    Source::engine(
+/// A source client for `endpoint` (it connects on its first open); tokens are message ids.
+fn source_for(endpoint: Endpoint) -> SourceClient<u64> {
+    SourceClient::engine(
         endpoint,
         hello(""),
         1 << 20,
         ConnectorMetrics::new("t", "t"),
         CancellationToken::new(),
     )
+}
+
+/// Sends messages `ids` of `stream` (payload from `payload`), as one batch.
+async fn send(
+    source: &mut SourceClient<u64>,
+    stream: u64,
+    ids: std::ops::RangeInclusive<u64>,
+    payload: impl Fn(u64) -> Vec<u8>,
+) {
+    let mut batch = source.batch(Format::Lines);
+    for id in ids {
+        batch.push(stream, id, b"k", &payload(id), id);
+    }
+    source.send(&mut batch).await.unwrap();
+}
+
+/// Follows the engine for `d` with no upstream data, as the driver does between reads.
+async fn follow(source: &mut SourceClient<u64>, d: Duration) {
+    let _ = tokio::time::timeout(d, async {
+        loop {
+            if source.next_event().await {
+                source.recover().await.unwrap();
+            }
+        }
+    })
+    .await;
 }
 
 fn msg_id(f: &Frame) -> u64 {
@@ -65,24 +95,21 @@ async fn source_replays_unacknowledged_messages_after_reconnect() {
     let (listener, endpoint) = engine_listener().await;
     let client = tokio::spawn(async move {
         let mut source = source_for(endpoint);
-        let mut acks = source.acks();
-        let s = source.notify("stream-a", None).await.unwrap();
+        let s = source.open("stream-a", None).await.unwrap();
         assert_eq!(s.resume, None);
-        for id in 1..=100u64 {
-            source
-                .write(s.id, id, b"k", format!("payload-{id}").as_bytes())
-                .await
-                .unwrap();
-        }
-        source.flush().await.unwrap();
+        send(&mut source, s.id, 1..=100, |id| {
+            format!("payload-{id}").into_bytes()
+        })
+        .await;
         // Everything gets acknowledged eventually, across the reconnect.
-        let left = source.drain(Duration::from_secs(20)).await.unwrap();
+        let left = source.drain(None, Duration::from_secs(20)).await.unwrap();
         assert_eq!(left, 0);
-        let mut last = 0;
-        for a in acks.try_next() {
-            last = last.max(a.point);
-        }
-        assert_eq!(last, 100);
+        let released = source.take_released();
+        assert_eq!(
+            released,
+            (1..=100).collect::<Vec<u64>>(),
+            "every token, in order"
+        );
     });
 
     // First connection: grant 100 credits, acknowledge 1..=50, then drop the connection.
@@ -206,16 +233,13 @@ async fn acknowledgements_received_while_idle_are_not_replayed_after_a_reconnect
     let (listener, endpoint) = engine_listener().await;
     let client = tokio::spawn(async move {
         let mut source = source_for(endpoint);
-        let s = source.notify("idle", None).await.unwrap();
-        for id in 1..=3u64 {
-            source.write(s.id, id, b"", b"x").await.unwrap();
-        }
-        source.flush().await.unwrap();
-        // Idle (no upstream data) while the ACK arrives and the engine goes away.
+        let s = source.open("idle", None).await.unwrap();
+        send(&mut source, s.id, 1..=3, |_| b"x".to_vec()).await;
+        // Idle (no upstream data, nobody reading the connection) while the ACK arrives and
+        // the engine goes away.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        source.write(s.id, 4, b"", b"y").await.unwrap();
-        source.flush().await.unwrap();
-        source.drain(Duration::from_secs(10)).await.unwrap()
+        send(&mut source, s.id, 4..=4, |_| b"y".to_vec()).await;
+        source.drain(None, Duration::from_secs(10)).await.unwrap()
     });
     let (mut f, sid, _) = accept_fresh(&listener).await;
     for want in 1..=3u64 {
@@ -247,20 +271,15 @@ async fn acknowledgements_received_while_idle_are_not_replayed_after_a_reconnect
 }
 
 #[tokio::test]
-async fn an_idle_flush_notices_a_lost_engine_and_resends_what_it_had_not_acknowledged() {
+async fn an_idle_source_notices_a_lost_engine_and_resends_what_it_had_not_acknowledged() {
     let (listener, endpoint) = engine_listener().await;
     let client = tokio::spawn(async move {
         let mut source = source_for(endpoint);
-        let s = source.notify("quiet", None).await.unwrap();
-        for id in 1..=3u64 {
-            source.write(s.id, id, b"", b"x").await.unwrap();
-        }
-        source.flush().await.unwrap();
-        // No new upstream data: only the idle flush runs.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        source.flush().await.unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        source.drain(Duration::from_secs(10)).await.unwrap()
+        let s = source.open("quiet", None).await.unwrap();
+        send(&mut source, s.id, 1..=3, |_| b"x".to_vec()).await;
+        // No new upstream data: the client only follows the engine.
+        follow(&mut source, Duration::from_secs(5)).await;
+        source.drain(None, Duration::from_secs(10)).await.unwrap()
     });
     let (mut f, _, _) = accept_fresh(&listener).await;
     for want in 1..=3u64 {
@@ -269,7 +288,7 @@ async fn an_idle_flush_notices_a_lost_engine_and_resends_what_it_had_not_acknowl
     drop(f); // the engine goes away before acknowledging anything
     let (mut f, sid, _) = tokio::time::timeout(Duration::from_secs(3), accept_fresh(&listener))
         .await
-        .expect("the idle flush reconnects at once, not at the next write");
+        .expect("a lost engine is noticed at once, not at the next write");
     for want in 1..=3u64 {
         assert_eq!(
             msg_id(&next(&mut f).await),
@@ -291,12 +310,9 @@ async fn source_stops_on_credits_and_resumes_on_grant() {
     let (listener, endpoint) = engine_listener().await;
     let client = tokio::spawn(async move {
         let mut source = source_for(endpoint);
-        let s = source.notify("s", None).await.unwrap();
-        for id in 1..=10u64 {
-            source.write(s.id, id, b"", b"x").await.unwrap();
-        }
-        source.flush().await.unwrap();
-        source.drain(Duration::from_secs(10)).await.unwrap()
+        let s = source.open("s", None).await.unwrap();
+        send(&mut source, s.id, 1..=10, |_| b"x".to_vec()).await;
+        source.drain(None, Duration::from_secs(10)).await.unwrap()
     });
     let (sock, _) = listener.accept().await.unwrap();
     let mut f = Framed::new(sock, ProtocolCodec::default());
@@ -560,4 +576,58 @@ async fn sink_refuses_bad_peers_and_keeps_serving() {
         }
     }
     assert!(found);
+}
+
+#[tokio::test]
+async fn records_the_engine_already_processed_are_not_sent_but_their_tokens_are_released() {
+    let (listener, endpoint) = engine_listener().await;
+    let client = tokio::spawn(async move {
+        let mut source = source_for(endpoint);
+        let s = source.open("resumed", Some(3)).await.unwrap();
+        assert_eq!(s.resume, Some(5), "the engine's point");
+        send(&mut source, s.id, 1..=8, |_| b"x".to_vec()).await;
+        assert_eq!(
+            source.take_released(),
+            vec![1, 2, 3, 4, 5],
+            "processed before: released at once, in order"
+        );
+        source.drain(None, Duration::from_secs(10)).await.unwrap();
+        source.take_released()
+    });
+    let (sock, _) = listener.accept().await.unwrap();
+    let mut f = Framed::new(sock, ProtocolCodec::default());
+    next(&mut f).await;
+    f.send(Frame::Ok {
+        initial_credits: 100,
+    })
+    .await
+    .unwrap();
+    let sid = match next(&mut f).await {
+        Frame::Notify {
+            stream_id,
+            point_of_ref,
+            ..
+        } => {
+            assert_eq!(point_of_ref, 3, "the connector's hint");
+            stream_id
+        }
+        other => panic!("{other:?}"),
+    };
+    f.send(Frame::NotifyAck {
+        success: true,
+        stream_id: sid,
+        point_of_ref: 5,
+    })
+    .await
+    .unwrap();
+    for want in 6..=8 {
+        assert_eq!(msg_id(&next(&mut f).await), want);
+    }
+    f.send(Frame::Ack {
+        credits: 0,
+        acks: vec![(sid, 8)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(client.await.unwrap(), vec![6, 7, 8]);
 }
