@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use framing::NOTHING_PROCESSED;
 use rustc_hash::FxHashMap;
 
-use crate::sink::SinkOut;
+use crate::sink_buffer::SinkOut;
 
 /// Identifies one source connection for the life of the engine.
 pub(crate) type ConnId = u64;
@@ -220,7 +220,7 @@ impl AckTracker {
         for (sid, rec) in self.streams.iter_mut() {
             while let Some(m) = rec.marks.front() {
                 let durable = !matches!(durable_epoch, Some(d) if m.epoch > d);
-                let delivered = m.wm.iter().zip(sinks).all(|(w, s)| s.acked >= *w);
+                let delivered = m.wm.iter().zip(sinks).all(|(w, s)| s.acked() >= *w);
                 if !(durable && delivered) {
                     break;
                 }

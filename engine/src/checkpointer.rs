@@ -45,7 +45,7 @@ pub(crate) fn restore(
         return Ok(());
     };
     for (id, name, point) in &snap.points {
-        core.tracker.restore(*id, name.clone(), *point);
+        core.restore_stream(*id, name.clone(), *point);
     }
     let mut keys = 0;
     for s in stores {
@@ -60,7 +60,7 @@ pub(crate) fn restore(
         }
     }
     for (name, frames) in &snap.outputs {
-        let Some(sink) = core.sinks.iter_mut().find(|s| s.name == *name) else {
+        let Some(sink) = core.sink_named_mut(name) else {
             if !frames.is_empty() {
                 warn!("snapshot holds outputs for sink `{name}`, which the application no longer declares: dropped");
             }
@@ -76,8 +76,7 @@ pub(crate) fn restore(
             eprintln!("engine: re-sending {n} output(s) to `{name}` that it had not acknowledged before the restart");
         }
     }
-    core.epoch = snap.epoch + 1;
-    core.durable_epoch = Some(snap.epoch);
+    core.restored_epoch(snap.epoch);
     eprintln!(
         "engine: restored snapshot {} from {}: {} stream(s), {} key(s)",
         snap.epoch,
@@ -117,26 +116,25 @@ async fn checkpoint_once(
     let t0 = Instant::now();
     let (epoch, bytes, keys) = {
         let mut c = core.borrow_mut();
-        if !c.dirty {
+        if !c.is_dirty() {
             return;
         }
-        let points = c.tracker.processed_points();
-        let mut w = SnapshotWriter::new(c.epoch, &points, *size_hint);
+        let points = c.processed_points();
+        let mut w = SnapshotWriter::new(c.epoch(), &points, *size_hint);
         let mut keys = 0;
         for s in stores {
             keys += s.keys();
             if let Err(e) = w.state(&s.name(), |b| s.snapshot_into(b)) {
                 error!("checkpoint: cannot serialize state `{}`: {e}", s.name());
-                c.metrics.checkpoint_failures.inc();
+                c.metrics().checkpoint_failures.inc();
                 return;
             }
         }
-        for sink in &c.sinks {
+        for sink in c.sinks() {
             w.outputs(&sink.name, |b| sink.unacked_frames(b));
         }
-        let e = c.epoch;
-        c.epoch += 1;
-        c.dirty = false;
+        let e = c.epoch();
+        c.close_epoch();
         (e, w.finish(), keys)
     };
     let snap_time = t0.elapsed();
@@ -148,17 +146,16 @@ async fn checkpoint_once(
     match r {
         Ok(Ok(())) => {
             let total = t0.elapsed();
-            c.durable_epoch = Some(epoch);
-            c.metrics.checkpoints.inc();
+            c.set_durable(epoch);
+            let m = c.metrics();
+            m.checkpoints.inc();
             let ms = total.as_millis() as i64;
-            c.metrics.checkpoint_ms.set(ms);
-            if ms > c.metrics.checkpoint_max_ms.get() {
-                c.metrics.checkpoint_max_ms.set(ms);
+            m.checkpoint_ms.set(ms);
+            if ms > m.checkpoint_max_ms.get() {
+                m.checkpoint_max_ms.set(ms);
             }
-            c.metrics
-                .checkpoint_snapshot_ms
-                .set(snap_time.as_millis() as i64);
-            c.metrics.checkpoint_bytes.set(len as i64);
+            m.checkpoint_snapshot_ms.set(snap_time.as_millis() as i64);
+            m.checkpoint_bytes.set(len as i64);
             info!(
                 "checkpoint {epoch}: {keys} keys, {len} bytes, snapshot {:.1} ms, total {:.1} ms",
                 snap_time.as_secs_f64() * 1e3,
@@ -167,13 +164,13 @@ async fn checkpoint_once(
             c.flush_acks();
         }
         Ok(Err(e)) => {
-            c.metrics.checkpoint_failures.inc();
-            c.dirty = true;
+            c.metrics().checkpoint_failures.inc();
+            c.mark_dirty();
             error!("checkpoint {epoch} could not be written to {}: {e}; acknowledgements wait for the next one", dir.display());
         }
         Err(e) => {
-            c.metrics.checkpoint_failures.inc();
-            c.dirty = true;
+            c.metrics().checkpoint_failures.inc();
+            c.mark_dirty();
             error!("checkpoint {epoch} failed: {e}");
         }
     }

@@ -1,30 +1,34 @@
 //! The engine's shared state on its single data thread: source connections, source
 //! streams (ack tracker), sink buffers, pipelines and the checkpoint epoch.
+//!
+//! [`Core`] keeps its fields to itself: the source sessions, the sink clients, the
+//! checkpointer and the wiring use the methods below, so that each invariant (credits,
+//! marks, epochs, connection life cycle) is maintained in one place.
 
 use std::rc::Rc;
 
-use bytes::{BufMut, BytesMut};
-use framing::{Credits, Frame};
+use bytes::BytesMut;
+use framing::{check_hello, Credits, Frame, Hello, PROTOCOL_VERSION};
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
-use crate::acks::{AckTracker, ConnId};
+use crate::acks::{AcceptError, AckTracker, ConnId};
 use crate::metrics::Metrics;
-use crate::pipeline::Runner;
-use crate::sink::SinkOut;
+use crate::pipeline::{Emitter, Input, Runner};
+use crate::sink_buffer::SinkOut;
 
 /// The write side of one source connection.
-pub(crate) struct ConnOut {
+struct ConnOut {
     /// Frames waiting to be written.
-    pub out: BytesMut,
+    out: BytesMut,
     /// Wakes the connection's writer task.
-    pub wake: Rc<Notify>,
+    wake: Rc<Notify>,
     /// The connector's credit balance as the engine sees it.
-    pub credits: Credits,
+    credits: Credits,
     /// Set once the connection must be closed after `out` is flushed.
-    pub closing: bool,
+    closing: bool,
     /// Handshake done: ACKs may be sent.
-    pub ready: bool,
+    ready: bool,
 }
 
 /// A pipeline bound to its source and sinks.
@@ -43,30 +47,43 @@ pub(crate) struct SourceDef {
     pub targets: Vec<usize>,
 }
 
+/// Outputs of the pipelines over a batch: counted into the metrics once per batch.
+#[derive(Debug, Default)]
+pub(crate) struct Emitted {
+    /// Outputs encoded (one per sink written to).
+    pub count: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Outputs that could not be encoded (key too long).
+    pub errors: u64,
+}
+
 /// Everything the data path shares, behind one `Rc<RefCell<_>>` (single thread).
 pub(crate) struct Core {
-    pub app_name: String,
-    pub worker_name: String,
-    pub cookie: String,
-    pub max_frame: usize,
-    pub sources: Vec<SourceDef>,
-    pub sinks: Vec<SinkOut>,
-    pub conns: FxHashMap<ConnId, ConnOut>,
-    pub next_conn: ConnId,
-    pub tracker: AckTracker,
+    app_name: String,
+    worker_name: String,
+    cookie: String,
+    max_frame: usize,
+    sources: Vec<SourceDef>,
+    sinks: Vec<SinkOut>,
+    conns: FxHashMap<ConnId, ConnOut>,
+    next_conn: ConnId,
+    tracker: AckTracker,
     /// Checkpoint epoch that changes made now belong to.
-    pub epoch: u64,
+    epoch: u64,
     /// Last epoch known durable; `None` when running in memory (no checkpoints).
-    pub durable_epoch: Option<u64>,
+    durable_epoch: Option<u64>,
     /// Whether anything was processed since the last checkpoint.
-    pub dirty: bool,
-    pub sink_buffer_bytes: usize,
-    pub max_in_flight: u64,
-    pub metrics: Metrics,
+    dirty: bool,
+    sink_buffer_bytes: usize,
+    max_in_flight: u64,
+    metrics: Metrics,
     scratch: Vec<(ConnId, u64, u64)>,
 }
 
 impl Core {
+    /// The data path's state for `sources` and `sinks`; `resilient` when checkpoints are
+    /// taken (acknowledgements then wait for the checkpoint of their epoch).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         app_name: String,
@@ -100,10 +117,55 @@ impl Core {
         }
     }
 
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The frame size limit of every connection.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Name of source connector `source`.
+    pub fn source_name(&self, source: usize) -> &str {
+        &self.sources[source].name
+    }
+
+    /// Sink `idx`'s output buffer.
+    pub fn sink(&self, idx: usize) -> &SinkOut {
+        &self.sinks[idx]
+    }
+
+    /// Sink `idx`'s output buffer, to apply what its connection reports.
+    pub fn sink_mut(&mut self, idx: usize) -> &mut SinkOut {
+        &mut self.sinks[idx]
+    }
+
+    /// Every sink's output buffer (in the order of the application file).
+    pub fn sinks(&self) -> &[SinkOut] {
+        &self.sinks
+    }
+
+    /// The output buffer of the sink connector called `name`.
+    pub fn sink_named_mut(&mut self, name: &str) -> Option<&mut SinkOut> {
+        self.sinks.iter_mut().find(|s| s.name == name)
+    }
+
+    /// The HELLO the engine sends to its sinks.
+    pub fn sink_hello(&self) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION.to_string(),
+            cookie: self.cookie.clone(),
+            program_name: self.app_name.clone(),
+            instance_name: self.worker_name.clone(),
+        }
+    }
+
     /// Whether the engine may take more input: every sink buffer under its bound and the
     /// number of unacknowledged source messages under its bound. When false, credits are
     /// not refilled: that is the back-pressure.
-    pub fn has_capacity(&self) -> bool {
+    fn has_capacity(&self) -> bool {
         self.tracker.in_flight < self.max_in_flight
             && self
                 .sinks
@@ -130,12 +192,211 @@ impl Core {
         (id, wake)
     }
 
+    /// Whether connection `conn` is still registered (its writer has not given up).
+    pub fn conn_open(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// Checks a source connector's HELLO; when it is accepted, queues OK with the initial
+    /// credits of `source` and lets ACKs flow on the connection. The error is for an ERROR
+    /// frame and the log.
+    pub fn accept_hello(
+        &mut self,
+        conn: ConnId,
+        source: usize,
+        hello: &Hello,
+    ) -> Result<(), String> {
+        check_hello(hello, &self.cookie)?;
+        let credits = self.sources[source].max_credits;
+        self.send(
+            conn,
+            &Frame::Ok {
+                initial_credits: credits,
+            },
+        );
+        if let Some(co) = self.conns.get_mut(&conn) {
+            co.ready = true;
+        }
+        Ok(())
+    }
+
+    /// Spends one of the connector's credits (for a NOTIFY or MESSAGE); `false` when it had
+    /// none left (or the connection is gone).
+    #[inline]
+    pub fn spend_credit(&mut self, conn: ConnId) -> bool {
+        self.conns
+            .get_mut(&conn)
+            .is_some_and(|co| co.credits.spend())
+    }
+
     /// Queues a frame on a connection (control frames only).
     pub fn send(&mut self, conn: ConnId, frame: &Frame) {
         if let Some(c) = self.conns.get_mut(&conn) {
             let _ = frame.encode(&mut c.out);
             c.wake.notify_one();
         }
+    }
+
+    /// Takes the bytes queued for connection `conn`, and whether it must be closed once
+    /// they are written; `None` once the connection is removed.
+    pub fn take_output(&mut self, conn: ConnId) -> Option<(BytesMut, bool)> {
+        self.conns
+            .get_mut(&conn)
+            .map(|co| (co.out.split(), co.closing))
+    }
+
+    /// Closes connection `conn` once its queued frames are written: releases its streams
+    /// (for a reconnecting connector) and queues an ERROR frame first when `error` is given.
+    pub fn close_conn(&mut self, conn: ConnId, error: Option<String>) {
+        self.tracker.release(conn);
+        if let Some(message) = error {
+            self.send(conn, &Frame::error(message));
+        }
+        if let Some(co) = self.conns.get_mut(&conn) {
+            co.closing = true;
+            co.wake.notify_one();
+        }
+    }
+
+    /// Forgets connection `conn` (its writer finished).
+    pub fn remove_conn(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    /// Whether connection `conn` is still open and owns a stream that ended with EOS and
+    /// waits for its final ACK.
+    pub fn eos_pending(&self, conn: ConnId) -> bool {
+        self.tracker.eos_pending(conn) && self.conns.contains_key(&conn)
+    }
+
+    /// Handles NOTIFY on connection `conn`: registers the stream and queues the NOTIFY_ACK.
+    /// Returns whether the stream was accepted (refused when another connection owns it).
+    pub fn notify_stream(
+        &mut self,
+        conn: ConnId,
+        stream_id: u64,
+        stream_name: &str,
+        point_of_ref: u64,
+    ) -> bool {
+        let r = self
+            .tracker
+            .notify(conn, stream_id, stream_name, point_of_ref);
+        self.send(
+            conn,
+            &Frame::NotifyAck {
+                success: r.success,
+                stream_id,
+                point_of_ref: r.point,
+            },
+        );
+        r.success
+    }
+
+    /// Handles a MESSAGE id: `Ok(true)` when fresh, `Ok(false)` for a replay to drop.
+    #[inline]
+    pub fn accept_message(
+        &mut self,
+        conn: ConnId,
+        stream_id: u64,
+        message_id: u64,
+    ) -> Result<bool, AcceptError> {
+        self.tracker.accept(conn, stream_id, message_id)
+    }
+
+    /// Handles EOS: the stream is freed once its last message is acknowledged.
+    pub fn end_stream(&mut self, conn: ConnId, stream_id: u64) -> Result<(), AcceptError> {
+        self.tracker.eos(conn, stream_id)
+    }
+
+    /// Runs every pipeline of `source` on one message; outputs go into the sinks' buffers
+    /// and are counted into `out`.
+    #[inline]
+    pub fn run_pipelines(&mut self, source: usize, input: &Input<'_>, out: &mut Emitted) {
+        let Core { sources, sinks, .. } = self;
+        for p in sources[source].pipelines.iter_mut() {
+            let mut em = Emitter {
+                sinks: sinks.as_mut_slice(),
+                targets: &p.targets,
+                event_time: input.event_time,
+                count: 0,
+                bytes: 0,
+                errors: 0,
+            };
+            (p.runner)(input, &mut em);
+            out.count += em.count;
+            out.bytes += em.bytes;
+            out.errors += em.errors;
+        }
+    }
+
+    /// Ends a batch of `source`: records one mark per touched stream (`(stream_id, last
+    /// fresh id, fresh count)`) with the sinks' current output ids, marks the state dirty
+    /// for the next checkpoint and wakes the sinks that have outputs to write.
+    pub fn record_batch(&mut self, source: usize, touched: &[(u64, u64, u64)]) {
+        if touched.is_empty() {
+            return;
+        }
+        let targets = &self.sources[source].targets;
+        let mut wm = vec![0u64; self.sinks.len()];
+        for &t in targets {
+            wm[t] = self.sinks[t].last_id();
+        }
+        let wm: Box<[u64]> = wm.into_boxed_slice();
+        for &(sid, last, count) in touched {
+            self.tracker
+                .push_mark(sid, last, count, self.epoch, wm.clone());
+        }
+        self.dirty = true;
+        for &t in targets {
+            self.sinks[t].wake_if_pending();
+        }
+    }
+
+    /// Restores a source stream's durable point from a snapshot.
+    pub fn restore_stream(&mut self, stream_id: u64, name: String, point: u64) {
+        self.tracker.restore(stream_id, name, point);
+    }
+
+    /// After restoring snapshot `epoch`: it is durable, and changes from now on belong to
+    /// the next epoch.
+    pub fn restored_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch + 1;
+        self.durable_epoch = Some(epoch);
+    }
+
+    /// Whether anything was processed since the last checkpoint.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The checkpoint epoch that changes made now belong to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// `(stream_id, name, last processed id)` of every source stream that processed
+    /// something: what a checkpoint records.
+    pub fn processed_points(&self) -> Vec<(u64, String, u64)> {
+        self.tracker.processed_points()
+    }
+
+    /// Closes the current epoch once its snapshot is taken: changes from now on belong to
+    /// the next one, and nothing is dirty.
+    pub fn close_epoch(&mut self) {
+        self.epoch += 1;
+        self.dirty = false;
+    }
+
+    /// Records that the snapshot of `epoch` is durable; [`Core::flush_acks`] then releases
+    /// the acknowledgements that waited for it.
+    pub fn set_durable(&mut self, epoch: u64) {
+        self.durable_epoch = Some(epoch);
+    }
+
+    /// A snapshot could not be written: the next checkpoint must be taken even if nothing
+    /// else changes.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     /// Resolves marks and sends one ACK per connection that has progress to report or
@@ -166,16 +427,7 @@ impl Core {
                 continue;
             }
             self.metrics.credits_granted.add(u64::from(credits));
-            let out = &mut c.out;
-            out.reserve(13 + 16 * pairs.len());
-            out.put_u32((1 + 4 + 4 + 16 * pairs.len()) as u32);
-            out.put_u8(framing::Tag::Ack as u8);
-            out.put_u32(credits);
-            out.put_u32(pairs.len() as u32);
-            for (_, s, p) in pairs {
-                out.put_u64(*s);
-                out.put_u64(*p);
-            }
+            framing::encode_ack(&mut c.out, credits, pairs.iter().map(|&(_, s, p)| (s, p)));
             c.wake.notify_one();
         }
         self.scratch = scratch;

@@ -22,22 +22,12 @@ use telemetry::{Counter, Registry};
 use tracing::warn;
 
 use crate::partition::{Key, Partitioned, State, StateStore};
-use crate::sink::SinkOut;
+use crate::sink_buffer::SinkOut;
 
-/// One source message as a pipeline sees it (borrowed from the read buffer: no copy).
-#[derive(Debug, Clone, Copy)]
-pub struct Input<'a> {
-    /// Source stream id.
-    pub stream_id: u64,
-    /// Message id within the stream.
-    pub message_id: u64,
-    /// Event time chosen by the connector (passed through to the outputs).
-    pub event_time: i64,
-    /// The message key (empty = none).
-    pub key: &'a [u8],
-    /// The message payload.
-    pub payload: &'a [u8],
-}
+/// One source message as a pipeline sees it: the MESSAGE frame read in place by
+/// [`framing::MessageView`] (key and payload borrow the read buffer: no copy). Its event
+/// time is passed through to the outputs.
+pub type Input<'a> = framing::MessageView<'a>;
 
 /// Writes outputs of one message into the buffers of the pipeline's sinks.
 pub struct Emitter<'a> {
@@ -54,23 +44,9 @@ impl Emitter<'_> {
     /// the input is passed through.
     #[inline]
     pub fn emit(&mut self, key: &[u8], payload: &[u8]) {
-        let need = 4 + 27 + key.len() + payload.len();
         for &t in self.targets {
-            let s = &mut self.sinks[t];
-            if s.pending.capacity() - s.pending.len() < need {
-                s.pending.reserve(need.max(crate::sink_buffer::CHUNK));
-            }
-            let id = s.next_id;
-            match framing::encode_message(
-                &mut s.pending,
-                s.stream_id,
-                id,
-                self.event_time,
-                key,
-                payload,
-            ) {
+            match self.sinks[t].emit(self.event_time, key, payload) {
                 Ok(()) => {
-                    s.next_id += 1;
                     self.count += 1;
                     self.bytes += payload.len() as u64;
                 }

@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 use crate::net::Listener;
 use crate::options::RunOptions;
 use crate::pipeline::App;
-use crate::sink::{sink_task, SinkOut};
+use crate::sink::sink_task;
+use crate::sink_buffer::SinkOut;
 use crate::source::accept_loop;
 
 /// A running engine started with [`spawn`]; stops it when dropped.

@@ -7,14 +7,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use framing::{Frame, Hello, ProtocolCodec, PROTOCOL_VERSION};
+use framing::{Frame, ProtocolCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use tracing::{info, warn};
 
 use crate::core::Core;
 use crate::net::{self, Reader, Writer};
-pub(crate) use crate::sink_buffer::SinkOut;
 
 /// Reads one protocol frame (used during the handshake).
 async fn read_frame(
@@ -46,18 +45,13 @@ async fn handshake(
 ) -> Result<(), String> {
     let (hello, notify) = {
         let c = core.borrow();
-        let s = &c.sinks[idx];
+        let s = c.sink(idx);
         (
-            Frame::Hello(Hello {
-                version: PROTOCOL_VERSION.to_string(),
-                cookie: c.cookie.clone(),
-                program_name: c.app_name.clone(),
-                instance_name: c.worker_name.clone(),
-            }),
+            Frame::Hello(c.sink_hello()),
             Frame::Notify {
                 stream_id: s.stream_id,
                 stream_name: s.stream_name.clone(),
-                point_of_ref: s.acked,
+                point_of_ref: s.acked(),
             },
         )
     };
@@ -80,7 +74,7 @@ async fn handshake(
                 point_of_ref,
             } => {
                 let mut c = core.borrow_mut();
-                let s = &mut c.sinks[idx];
+                let s = c.sink_mut(idx);
                 if stream_id != s.stream_id {
                     return Err(format!("NOTIFY_ACK for unknown stream {stream_id}"));
                 }
@@ -88,9 +82,7 @@ async fn handshake(
                     return Err("sink refused the output stream (NOTIFY_ACK success=0)".into());
                 }
                 // NOTIFY cost one credit (the spec charges every NOTIFY and MESSAGE).
-                s.credits = u64::from(credits).saturating_sub(1);
-                s.on_ack(point_of_ref);
-                s.sent = s.acked;
+                s.on_connected(u64::from(credits).saturating_sub(1), point_of_ref);
                 break;
             }
             // A sink may grant more credits before answering NOTIFY.
@@ -100,7 +92,7 @@ async fn handshake(
         }
     }
     let mut c = core.borrow_mut();
-    c.metrics.sink_credits.set(credits as i64);
+    c.metrics().sink_credits.set(credits as i64);
     c.flush_acks();
     Ok(())
 }
@@ -122,17 +114,8 @@ async fn read_loop(
             match frame {
                 Frame::Ack { credits, acks } => {
                     let mut c = core.borrow_mut();
-                    let s = &mut c.sinks[idx];
-                    s.credits += u64::from(credits);
-                    let sid = s.stream_id;
-                    for (stream, point) in acks {
-                        if stream == sid {
-                            s.on_ack(point);
-                        }
-                    }
-                    let credits_now = s.credits;
-                    s.wake.notify_one();
-                    c.metrics.sink_credits.set(credits_now as i64);
+                    let credits_now = c.sink_mut(idx).on_sink_ack(credits, &acks);
+                    c.metrics().sink_credits.set(credits_now as i64);
                     c.flush_acks();
                 }
                 Frame::Error { message } => return format!("sink sent ERROR: {message}"),
@@ -149,12 +132,12 @@ async fn read_loop(
 }
 
 async fn write_loop(core: &Rc<RefCell<Core>>, idx: usize, wr: &mut Writer) -> String {
-    let wake = core.borrow().sinks[idx].wake.clone();
+    let wake = core.borrow().sink(idx).waker();
     let mut slices = Vec::new();
     loop {
         {
             let mut c = core.borrow_mut();
-            c.sinks[idx].take_sendable(&mut slices);
+            c.sink_mut(idx).take_sendable(&mut slices);
         }
         if slices.is_empty() {
             wake.notified().await;
@@ -173,9 +156,9 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
     let (name, endpoint, max_frame) = {
         let c = core.borrow();
         (
-            c.sinks[idx].name.clone(),
-            c.sinks[idx].endpoint.clone(),
-            c.max_frame,
+            c.sink(idx).name.clone(),
+            c.sink(idx).endpoint.clone(),
+            c.max_frame(),
         )
     };
     let mut backoff = Duration::from_millis(20);
@@ -205,7 +188,7 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
         .unwrap_or_else(|_| Err("no answer to HELLO/NOTIFY within 10 s".into()));
         if let Err(e) = hs {
             failures += 1;
-            core.borrow().metrics.error("sink_handshake");
+            core.borrow().metrics().error("sink_handshake");
             warn!("sink `{name}` at {endpoint}: {e}; retrying with back-off");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -216,10 +199,10 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
         }
         failures = 0;
         backoff = Duration::from_millis(20);
-        core.borrow().sinks[idx].wake.notify_one();
+        core.borrow().sink(idx).wake();
         tracing::debug!(
             "sink `{name}` connected; resending from {}",
-            core.borrow().sinks[idx].acked
+            core.borrow().sink(idx).acked()
         );
         let reason = tokio::select! {
             r = read_loop(&core, idx, &mut rd, &mut buf, &mut codec) => r,
@@ -227,11 +210,9 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
         };
         {
             let mut c = core.borrow_mut();
-            let s = &mut c.sinks[idx];
-            s.sent = s.acked;
-            s.credits = 0;
-            c.metrics.reconnects.inc();
-            c.metrics.error("sink_disconnected");
+            c.sink_mut(idx).on_disconnected();
+            c.metrics().reconnects.inc();
+            c.metrics().error("sink_disconnected");
         }
         warn!("sink `{name}` at {endpoint}: {reason}; reconnecting");
         tokio::time::sleep(backoff).await;

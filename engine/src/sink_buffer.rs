@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use application::Endpoint;
 use bytes::{Bytes, BytesMut};
-use framing::NOTHING_PROCESSED;
+use framing::{FrameError, MessageView, NOTHING_PROCESSED};
 use tokio::sync::Notify;
 
 /// Size of a fresh output buffer.
-pub(crate) const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// Output buffers handed back once the sink acknowledged their frames, so the data path
 /// reuses warm memory instead of faulting in fresh pages for every batch.
@@ -56,11 +56,16 @@ impl Chunk {
     }
 }
 
-/// Byte offset just after `n` frames starting at `off`.
+/// Byte offset just after `n` frames starting at `off` (the end of `b` if it holds fewer).
 fn skip_frames(b: &[u8], mut off: usize, n: u64) -> usize {
     for _ in 0..n {
-        let len = u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]) as usize;
-        off += 4 + len;
+        match b
+            .get(off..)
+            .map(|rest| framing::split_frame(rest, usize::MAX))
+        {
+            Some(Ok(Some((_, used)))) => off += used,
+            _ => return b.len(),
+        }
     }
     off
 }
@@ -76,24 +81,25 @@ pub(crate) struct SinkOut {
     /// Output stream name, unique per engine incarnation.
     pub stream_name: String,
     /// Outputs encoded since the writer last ran (frames for ids `pending_first..next_id`).
-    pub pending: BytesMut,
+    pending: BytesMut,
     pending_first: u64,
     /// Next output id to assign (ids start at 1).
-    pub next_id: u64,
+    next_id: u64,
     chunks: VecDeque<Chunk>,
     chunk_bytes: usize,
     /// Last id written on the current connection.
-    pub(crate) sent: u64,
+    sent: u64,
     /// Last id the sink acknowledged.
-    pub acked: u64,
+    acked: u64,
     /// Credits the sink currently grants.
-    pub(crate) credits: u64,
+    credits: u64,
     /// Wakes the writer task.
-    pub wake: Rc<Notify>,
+    wake: Rc<Notify>,
     pool: Pool,
 }
 
 impl SinkOut {
+    /// An empty output stream `stream_name` for sink connector `name` at `endpoint`.
     pub fn new(name: String, endpoint: Endpoint, stream_name: String) -> Self {
         SinkOut {
             name,
@@ -116,6 +122,81 @@ impl SinkOut {
     /// Bytes held for this sink (the bound that makes back-pressure).
     pub fn buffered(&self) -> usize {
         self.pending.len() + self.chunk_bytes
+    }
+
+    /// Encodes one output as a MESSAGE frame with the next output id. Fails (and assigns no
+    /// id) only when the key is longer than a `short_bytes` field holds.
+    #[inline]
+    pub fn emit(&mut self, event_time: i64, key: &[u8], payload: &[u8]) -> Result<(), FrameError> {
+        let need = framing::message_frame_len(key.len(), payload.len());
+        if self.pending.capacity() - self.pending.len() < need {
+            self.pending.reserve(need.max(CHUNK));
+        }
+        framing::encode_message(
+            &mut self.pending,
+            self.stream_id,
+            self.next_id,
+            event_time,
+            key,
+            payload,
+        )?;
+        self.next_id += 1;
+        Ok(())
+    }
+
+    /// The last output id assigned (0 before the first output).
+    pub fn last_id(&self) -> u64 {
+        self.next_id - 1
+    }
+
+    /// The last output id the sink acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// The notifier that wakes this sink's writer task.
+    pub fn waker(&self) -> Rc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Wakes the writer task.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Wakes the writer task if outputs were encoded since it last ran.
+    pub fn wake_if_pending(&self) {
+        if !self.pending.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A connection was established: the sink grants `credits` and has durably delivered
+    /// up to `point`; everything after it is (re)sent.
+    pub fn on_connected(&mut self, credits: u64, point: u64) {
+        self.credits = credits;
+        self.on_ack(point);
+        self.sent = self.acked;
+    }
+
+    /// Applies an ACK frame from the sink: its credits, and the points of its pairs that
+    /// are for this sink's stream. Wakes the writer; returns the credits now available.
+    pub fn on_sink_ack(&mut self, credits: u32, acks: &[(u64, u64)]) -> u64 {
+        self.credits += u64::from(credits);
+        for &(stream, point) in acks {
+            if stream == self.stream_id {
+                self.on_ack(point);
+            }
+        }
+        self.wake.notify_one();
+        self.credits
+    }
+
+    /// The connection was lost: nothing is in flight any more and no credit is left; what
+    /// the sink did not acknowledge is resent on the next connection.
+    pub fn on_disconnected(&mut self) {
+        self.sent = self.acked;
+        self.credits = 0;
     }
 
     fn seal(&mut self) {
@@ -190,40 +271,34 @@ impl SinkOut {
     /// Re-emits outputs saved by a checkpoint (MESSAGE frames of an earlier incarnation)
     /// with this incarnation's stream id and fresh ids. Returns how many.
     pub fn replay_frames(&mut self, frames: &[u8]) -> Result<u64, String> {
-        let mut off = 0;
+        let mut rest = frames;
         let mut n = 0;
-        while off < frames.len() {
-            let rest = &frames[off..];
-            if rest.len() < 4 {
-                return Err("truncated output frame".into());
-            }
-            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let body = rest.get(4..4 + len).ok_or("truncated output frame")?;
-            if body.len() < 27 || body[0] != framing::Tag::Message as u8 {
-                return Err("saved output is not a MESSAGE frame".into());
-            }
-            let event_time = i64::from_be_bytes(body[17..25].try_into().unwrap_or_default());
-            let klen = u16::from_be_bytes([body[25], body[26]]) as usize;
-            let key = body.get(27..27 + klen).ok_or("truncated output key")?;
-            let payload = &body[27 + klen..];
+        while !rest.is_empty() {
+            let (body, used) = framing::split_frame(rest, usize::MAX)
+                .ok()
+                .flatten()
+                .ok_or("truncated output frame")?;
+            let m = MessageView::from_frame_body(body)
+                .map_err(|e| format!("saved output: {e}"))?
+                .ok_or("saved output is not a MESSAGE frame")?;
             framing::encode_message(
                 &mut self.pending,
                 self.stream_id,
                 self.next_id,
-                event_time,
-                key,
-                payload,
+                m.event_time,
+                m.key,
+                m.payload,
             )
             .map_err(|e| e.to_string())?;
             self.next_id += 1;
             n += 1;
-            off += 4 + len;
+            rest = &rest[used..];
         }
         Ok(n)
     }
 
     /// Applies a sink acknowledgement (never beyond what was produced, never backwards).
-    pub(crate) fn on_ack(&mut self, point: u64) {
+    fn on_ack(&mut self, point: u64) {
         if point == NOTHING_PROCESSED || point <= self.acked {
             return;
         }
@@ -244,7 +319,6 @@ impl SinkOut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Buf;
 
     fn sink() -> SinkOut {
         SinkOut::new(
@@ -255,21 +329,25 @@ mod tests {
     }
 
     fn emit(s: &mut SinkOut, payload: &[u8]) {
-        framing::encode_message(&mut s.pending, s.stream_id, s.next_id, 0, b"", payload).unwrap();
-        s.next_id += 1;
+        s.emit(0, b"", payload).unwrap();
+    }
+
+    /// Every MESSAGE in the written slices.
+    fn messages(slices: &[Bytes]) -> Vec<MessageView<'_>> {
+        let mut v = Vec::new();
+        for b in slices {
+            let mut rest = &b[..];
+            while let Some((body, used)) = framing::split_frame(rest, usize::MAX).unwrap() {
+                v.push(MessageView::from_frame_body(body).unwrap().unwrap());
+                rest = &rest[used..];
+            }
+            assert!(rest.is_empty(), "slices hold whole frames");
+        }
+        v
     }
 
     fn ids(slices: &[Bytes]) -> Vec<u64> {
-        let mut v = Vec::new();
-        for b in slices {
-            let mut b = b.clone();
-            while b.has_remaining() {
-                let len = b.get_u32() as usize;
-                let f = b.split_to(len);
-                v.push(u64::from_be_bytes(f[9..17].try_into().unwrap()));
-            }
-        }
-        v
+        messages(slices).iter().map(|m| m.message_id).collect()
     }
 
     #[test]
@@ -318,18 +396,7 @@ mod tests {
         let mut out = Vec::new();
         t.take_sendable(&mut out);
         assert_eq!(ids(&out), vec![1, 2, 3, 4, 5]);
-        let payloads: Vec<u8> = out
-            .iter()
-            .flat_map(|b| {
-                let mut b = b.clone();
-                let mut v = Vec::new();
-                while b.has_remaining() {
-                    let len = b.get_u32() as usize;
-                    v.push(b.split_to(len)[27]);
-                }
-                v
-            })
-            .collect();
+        let payloads: Vec<u8> = messages(&out).iter().map(|m| m.payload[0]).collect();
         assert_eq!(payloads, vec![2, 3, 4, 5, 6]);
         assert!(t.replay_frames(&saved[..saved.len() - 1]).is_err());
     }

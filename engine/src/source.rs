@@ -10,14 +10,14 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use framing::{check_hello, Frame, FrameError, Tag};
+use framing::{Frame, FrameError, MessageView};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::acks::ConnId;
-use crate::core::Core;
+use crate::core::{Core, Emitted};
 use crate::net::{Listener, Reader, Writer};
-use crate::pipeline::{Emitter, Input};
+use crate::pipeline::Input;
 
 const READ_BUF: usize = 512 * 1024;
 const MIN_READ: usize = 128 * 1024;
@@ -27,7 +27,7 @@ pub(crate) async fn accept_loop(core: Rc<RefCell<Core>>, idx: usize, listener: L
     loop {
         match listener.accept().await {
             Ok((rd, wr, peer)) => {
-                core.borrow().metrics.connections.inc();
+                core.borrow().metrics().connections.inc();
                 tokio::task::spawn_local(session(core.clone(), idx, rd, wr, peer));
             }
             Err(e) => {
@@ -85,18 +85,13 @@ struct Session {
     msgs: u64,
     bytes: u64,
     dups: u64,
-    out_msgs: u64,
-    out_bytes: u64,
-    out_errors: u64,
-    /// Credits left, cached for the batch (written back in `finish_batch`).
-    credits_left: u64,
-    /// Credits spent in this batch.
-    spent: u64,
+    /// Outputs of the batch's messages.
+    out: Emitted,
 }
 
 async fn session(core: Rc<RefCell<Core>>, source: usize, mut rd: Reader, wr: Writer, peer: String) {
     let (conn, wake) = core.borrow_mut().open_conn(source);
-    let name = core.borrow().sources[source].name.clone();
+    let name = core.borrow().source_name(source).to_string();
     let writer = tokio::task::spawn_local(write_loop(core.clone(), conn, wake, wr));
     let mut s = Session {
         conn,
@@ -106,13 +101,9 @@ async fn session(core: Rc<RefCell<Core>>, source: usize, mut rd: Reader, wr: Wri
         msgs: 0,
         bytes: 0,
         dups: 0,
-        out_msgs: 0,
-        out_bytes: 0,
-        out_errors: 0,
-        credits_left: 0,
-        spent: 0,
+        out: Emitted::default(),
     };
-    let max_frame = core.borrow().max_frame;
+    let max_frame = core.borrow().max_frame();
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let result: Result<(), ProtoError> = loop {
         if buf.capacity() - buf.len() < MIN_READ {
@@ -151,33 +142,27 @@ async fn session(core: Rc<RefCell<Core>>, source: usize, mut rd: Reader, wr: Wri
         // A connector may half-close after EOS and still read its final ACK: keep the
         // connection until the ended streams are acknowledged (bounded wait).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while core.borrow().tracker.eos_pending(conn)
-            && core.borrow().conns.contains_key(&conn)
-            && std::time::Instant::now() < deadline
-        {
+        while core.borrow().eos_pending(conn) && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
     {
         let mut c = core.borrow_mut();
-        c.tracker.release(conn);
-        match &result {
-            Ok(()) => debug!("source `{name}` connection from {peer} closed"),
+        let error = match result {
+            Ok(()) => {
+                debug!("source `{name}` connection from {peer} closed");
+                None
+            }
             Err(e) => {
-                c.metrics.error(e.kind);
+                c.metrics().error(e.kind);
                 warn!(
                     "source `{name}` connection from {peer}: {}; connection closed",
                     e.message
                 );
-                if e.send {
-                    c.send(conn, &Frame::error(e.message.clone()));
-                }
+                e.send.then_some(e.message)
             }
-        }
-        if let Some(co) = c.conns.get_mut(&conn) {
-            co.closing = true;
-            co.wake.notify_one();
-        }
+        };
+        c.close_conn(conn, error);
     }
     let _ = writer.await;
 }
@@ -190,31 +175,23 @@ async fn write_loop(
 ) {
     loop {
         wake.notified().await;
-        let (out, closing) = {
-            let mut c = core.borrow_mut();
-            match c.conns.get_mut(&conn) {
-                Some(co) => (co.out.split(), co.closing),
-                None => break,
-            }
+        let Some((out, closing)) = core.borrow_mut().take_output(conn) else {
+            break;
         };
         if !out.is_empty() && wr.write_all(&out).await.is_err() {
             break;
         }
         if closing {
             // Send anything queued meanwhile, then close.
-            let rest = core
-                .borrow_mut()
-                .conns
-                .get_mut(&conn)
-                .map(|co| co.out.split());
-            if let Some(rest) = rest {
+            let rest = core.borrow_mut().take_output(conn);
+            if let Some((rest, _)) = rest {
                 let _ = wr.write_all(&rest).await;
             }
             let _ = wr.shutdown().await;
             break;
         }
     }
-    core.borrow_mut().conns.remove(&conn);
+    core.borrow_mut().remove_conn(conn);
 }
 
 /// Decodes and handles every complete frame in `buf`.
@@ -224,78 +201,44 @@ fn process(
     buf: &mut BytesMut,
     max_frame: usize,
 ) -> Result<(), ProtoError> {
-    let Some(co) = c.conns.get(&s.conn) else {
+    if !c.conn_open(s.conn) {
         return Err(ProtoError {
             send: false,
             ..ProtoError::new("io", "connection lost: writing to the connector failed")
         });
-    };
-    s.credits_left = co.credits.balance();
-    s.spent = 0;
+    }
     let mut off = 0usize;
     let result = loop {
-        let avail = buf.len() - off;
-        if avail < 4 {
-            break Ok(());
-        }
-        let b = &buf[off..];
-        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        if len > max_frame {
-            break Err(FrameError::TooLarge {
-                len,
-                max: max_frame,
+        match framing::split_frame(&buf[off..], max_frame) {
+            Ok(Some((body, used))) => {
+                off += used;
+                if let Err(e) = frame(c, s, body) {
+                    break Err(e);
+                }
             }
-            .into());
-        }
-        if avail < 4 + len {
-            buf.reserve(4 + len - avail);
-            break Ok(());
-        }
-        let body = &b[4..4 + len];
-        off += 4 + len;
-        if let Err(e) = frame(c, s, body) {
-            break Err(e);
+            Ok(None) => {
+                // Incomplete frame: make room for the rest of it.
+                if let Ok(Some(whole)) = framing::frame_len(&buf[off..], max_frame) {
+                    let avail = buf.len() - off;
+                    buf.reserve(whole.saturating_sub(avail));
+                }
+                break Ok(());
+            }
+            Err(e) => break Err(e.into()),
         }
     };
     buf.advance(off);
     result
 }
 
-#[inline]
-fn be_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
-}
-
 /// Handles one frame body (tag + fields).
 #[inline]
 fn frame(c: &mut Core, s: &mut Session, body: &[u8]) -> Result<(), ProtoError> {
-    // Hot path: MESSAGE parsed in place, no allocation.
-    if s.hello_done && body.len() >= 27 && body[0] == Tag::Message as u8 {
-        let stream_id = be_u64(body, 1);
-        let message_id = be_u64(body, 9);
-        let event_time = be_u64(body, 17) as i64;
-        let klen = u16::from_be_bytes([body[25], body[26]]) as usize;
-        if body.len() < 27 + klen {
-            return Err(FrameError::Truncated {
-                frame: "MESSAGE",
-                field: "key",
-                needed: 27 + klen - body.len(),
-            }
-            .into());
+    // Hot path: MESSAGE read in place, no allocation.
+    if s.hello_done {
+        if let Some(m) = MessageView::from_frame_body(body)? {
+            return message(c, s, m);
         }
-        return message(
-            c,
-            s,
-            Input {
-                stream_id,
-                message_id,
-                event_time,
-                key: &body[27..27 + klen],
-                payload: &body[27 + klen..],
-            },
-        );
     }
     let f = Frame::decode(Bytes::copy_from_slice(body))?;
     if !s.hello_done {
@@ -305,20 +248,10 @@ fn frame(c: &mut Core, s: &mut Session, body: &[u8]) -> Result<(), ProtoError> {
                 format!("expected HELLO as the first frame, got {:?}", f.tag()),
             ));
         };
-        if let Err(m) = check_hello(&h, &c.cookie) {
+        if let Err(m) = c.accept_hello(s.conn, s.source, &h) {
             return Err(ProtoError::new("bad_hello", m));
         }
         s.hello_done = true;
-        let credits = c.sources[s.source].max_credits;
-        c.send(
-            s.conn,
-            &Frame::Ok {
-                initial_credits: credits,
-            },
-        );
-        if let Some(co) = c.conns.get_mut(&s.conn) {
-            co.ready = true;
-        }
         return Ok(());
     }
     match f {
@@ -328,37 +261,17 @@ fn frame(c: &mut Core, s: &mut Session, body: &[u8]) -> Result<(), ProtoError> {
             point_of_ref,
         } => {
             spend(c, s)?;
-            let r = c.tracker.notify(s.conn, stream_id, &stream_name, point_of_ref);
-            if !r.success {
+            if !c.notify_stream(s.conn, stream_id, &stream_name, point_of_ref) {
                 warn!(
                     "source `{}`: stream {stream_id} ({stream_name}) is active on another connection; NOTIFY refused",
-                    c.sources[s.source].name
+                    c.source_name(s.source)
                 );
             }
-            c.send(
-                s.conn,
-                &Frame::NotifyAck {
-                    success: r.success,
-                    stream_id,
-                    point_of_ref: r.point,
-                },
-            );
             Ok(())
         }
-        Frame::Message(m) => message(
-            c,
-            s,
-            Input {
-                stream_id: m.stream_id,
-                message_id: m.message_id,
-                event_time: m.event_time,
-                key: &m.key,
-                payload: &m.payload,
-            },
-        ),
+        Frame::Message(m) => message(c, s, m.view()),
         Frame::Eos { stream_id } => c
-            .tracker
-            .eos(s.conn, stream_id)
+            .end_stream(s.conn, stream_id)
             .map_err(|e| ProtoError::new("not_notified", e.to_string())),
         Frame::Error { message } => Err(ProtoError {
             send: false,
@@ -376,10 +289,7 @@ fn frame(c: &mut Core, s: &mut Session, body: &[u8]) -> Result<(), ProtoError> {
 
 #[inline]
 fn spend(c: &mut Core, s: &mut Session) -> Result<(), ProtoError> {
-    if c.conns
-        .get_mut(&s.conn)
-        .is_some_and(|co| co.credits.spend())
-    {
+    if c.spend_credit(s.conn) {
         Ok(())
     } else {
         Err(ProtoError::new(
@@ -392,7 +302,7 @@ fn spend(c: &mut Core, s: &mut Session) -> Result<(), ProtoError> {
 #[inline]
 fn message(c: &mut Core, s: &mut Session, input: Input<'_>) -> Result<(), ProtoError> {
     spend(c, s)?;
-    match c.tracker.accept(s.conn, input.stream_id, input.message_id) {
+    match c.accept_message(s.conn, input.stream_id, input.message_id) {
         Err(e) => return Err(ProtoError::new("not_notified", e.to_string())),
         Ok(false) => {
             s.dups += 1;
@@ -415,74 +325,36 @@ fn message(c: &mut Core, s: &mut Session, input: Input<'_>) -> Result<(), ProtoE
             None => s.touched.push((input.stream_id, input.message_id, 1)),
         },
     }
-    let Core { sources, sinks, .. } = c;
-    for p in sources[s.source].pipelines.iter_mut() {
-        let mut em = Emitter {
-            sinks: sinks.as_mut_slice(),
-            targets: &p.targets,
-            event_time: input.event_time,
-            count: 0,
-            bytes: 0,
-            errors: 0,
-        };
-        (p.runner)(&input, &mut em);
-        s.out_msgs += em.count;
-        s.out_bytes += em.bytes;
-        s.out_errors += em.errors;
-    }
+    c.run_pipelines(s.source, &input, &mut s.out);
     Ok(())
 }
 
 /// Once per batch: credits, marks for the ack tracker, metrics, wake the sinks, send ACKs.
 fn finish_batch(c: &mut Core, s: &mut Session) {
-    if s.spent > 0 {
-        if let Some(co) = c.conns.get_mut(&s.conn) {
-            for _ in 0..s.spent {
-                co.credits.spend();
-            }
-        }
-        s.spent = 0;
+    let out = std::mem::take(&mut s.out);
+    if out.count > 0 {
+        c.metrics().messages_out.add(out.count);
+        c.metrics().bytes_out.add(out.bytes);
     }
-    if s.out_msgs > 0 {
-        c.metrics.messages_out.add(s.out_msgs);
-        c.metrics.bytes_out.add(s.out_bytes);
-        s.out_msgs = 0;
-        s.out_bytes = 0;
-    }
-    if s.out_errors > 0 {
+    if out.errors > 0 {
         warn!(
             "{} output(s) could not be encoded (key longer than 65535 bytes); dropped",
-            s.out_errors
+            out.errors
         );
-        c.metrics.error("output_too_large");
-        s.out_errors = 0;
+        c.metrics().error("output_too_large");
     }
     if !s.touched.is_empty() {
-        let src = &c.sources[s.source];
-        let mut wm = vec![0u64; c.sinks.len()];
-        for &t in &src.targets {
-            wm[t] = c.sinks[t].next_id - 1;
-        }
-        let wm: Box<[u64]> = wm.into_boxed_slice();
-        for &(sid, last, count) in &s.touched {
-            c.tracker.push_mark(sid, last, count, c.epoch, wm.clone());
-        }
+        c.record_batch(s.source, &s.touched);
         s.touched.clear();
-        c.dirty = true;
-        for &t in &c.sources[s.source].targets {
-            if !c.sinks[t].pending.is_empty() {
-                c.sinks[t].wake.notify_one();
-            }
-        }
     }
     if s.msgs > 0 {
-        c.metrics.messages_in.add(s.msgs);
-        c.metrics.bytes_in.add(s.bytes);
+        c.metrics().messages_in.add(s.msgs);
+        c.metrics().bytes_in.add(s.bytes);
         s.msgs = 0;
         s.bytes = 0;
     }
     if s.dups > 0 {
-        c.metrics.duplicates.add(s.dups);
+        c.metrics().duplicates.add(s.dups);
         s.dups = 0;
     }
     c.flush_acks();

@@ -5,25 +5,23 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::FrameError;
 use crate::frame::Frame;
+use crate::view::{frame_len, LENGTH_HEADER};
 
 /// Default maximum frame length (16 MiB), counted after the length header.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
-/// Reads the `u32` length header and checks it against `max` before anything is allocated.
-/// Returns the whole frame (header included) once it is complete.
-fn split_frame(src: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, FrameError> {
-    if src.len() < 4 {
+/// Splits the first complete frame (header included) off `src`, using the same header
+/// check as [`split_frame`](crate::split_frame): the length is checked against `max` before
+/// anything is allocated, and an incomplete frame reserves room for the rest of it.
+fn take_frame(src: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, FrameError> {
+    let Some(total) = frame_len(src, max)? else {
+        return Ok(None);
+    };
+    if src.len() < total {
+        src.reserve(total - src.len());
         return Ok(None);
     }
-    let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    if src.len() < 4 + len {
-        src.reserve(4 + len - src.len());
-        return Ok(None);
-    }
-    Ok(Some(src.split_to(4 + len)))
+    Ok(Some(src.split_to(total)))
 }
 
 fn check_eof(src: &BytesMut) -> Result<(), FrameError> {
@@ -58,10 +56,10 @@ impl Decoder for ProtocolCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        match split_frame(src, self.max_frame)? {
+        match take_frame(src, self.max_frame)? {
             None => Ok(None),
             Some(mut whole) => {
-                whole.advance(4);
+                whole.advance(LENGTH_HEADER);
                 Frame::decode(whole.freeze()).map(Some)
             }
         }
@@ -114,8 +112,8 @@ impl Decoder for PlainCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        Ok(split_frame(src, self.max_frame)?.map(|mut whole| {
-            whole.advance(4);
+        Ok(take_frame(src, self.max_frame)?.map(|mut whole| {
+            whole.advance(LENGTH_HEADER);
             whole.freeze()
         }))
     }

@@ -3,6 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::FrameError;
+use crate::view::{message_frame_len, MessageView, LENGTH_HEADER, MESSAGE_OVERHEAD};
 
 /// The only protocol version this implementation speaks, matched exactly in HELLO.
 pub const PROTOCOL_VERSION: &str = "0.0.1";
@@ -164,15 +165,22 @@ impl Frame {
     /// Fails only when a string field does not fit in `short_bytes`; ERROR messages are
     /// truncated to fit instead of failing, since they are best-effort diagnostics.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
-        if let Frame::Message(m) = self {
-            return encode_message(
-                dst,
-                m.stream_id,
-                m.message_id,
-                m.event_time,
-                &m.key,
-                &m.payload,
-            );
+        match self {
+            Frame::Message(m) => {
+                return encode_message(
+                    dst,
+                    m.stream_id,
+                    m.message_id,
+                    m.event_time,
+                    &m.key,
+                    &m.payload,
+                )
+            }
+            Frame::Ack { credits, acks } => {
+                encode_ack(dst, *credits, acks.iter().copied());
+                return Ok(());
+            }
+            _ => {}
         }
         let start = dst.len();
         dst.put_u32(0); // patched below
@@ -214,22 +222,14 @@ impl Frame {
                 dst.put_u64(*stream_id);
                 dst.put_u64(*point_of_ref);
             }
-            Frame::Ack { credits, acks } => {
-                dst.put_u32(*credits);
-                dst.put_u32(acks.len() as u32);
-                for (s, p) in acks {
-                    dst.put_u64(*s);
-                    dst.put_u64(*p);
-                }
-            }
             Frame::Restart { address } => {
                 dst.put_u32(address.len() as u32);
                 dst.put_slice(address.as_bytes());
             }
             Frame::Eos { stream_id } => dst.put_u64(*stream_id),
-            Frame::Message(_) => unreachable!("handled above"),
+            Frame::Message(_) | Frame::Ack { .. } => {} // written above
         }
-        let len = (dst.len() - start - 4) as u32;
+        let len = (dst.len() - start - LENGTH_HEADER) as u32;
         dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
         Ok(())
     }
@@ -273,17 +273,14 @@ impl Frame {
                 point_of_ref: r.u64("point_of_ref")?,
             },
             Tag::Message => {
-                let stream_id = r.u64("stream_id")?;
-                let message_id = r.u64("message_id")?;
-                let event_time = r.u64("event_time")? as i64;
-                let key = r.short("key")?;
-                let payload = std::mem::take(&mut r.buf);
+                let body = std::mem::take(&mut r.buf);
+                let m = MessageView::parse(&body)?;
                 Frame::Message(Message {
-                    stream_id,
-                    message_id,
-                    event_time,
-                    key,
-                    payload,
+                    stream_id: m.stream_id,
+                    message_id: m.message_id,
+                    event_time: m.event_time,
+                    key: body.slice_ref(m.key),
+                    payload: body.slice_ref(m.payload),
                 })
             }
             Tag::Ack => {
@@ -337,17 +334,45 @@ pub fn encode_message(
             len: key.len(),
         });
     }
-    let len = 1 + 8 + 8 + 8 + 2 + key.len() + payload.len();
-    dst.reserve(4 + len);
-    dst.put_u32(len as u32);
-    dst.put_u8(Tag::Message as u8);
-    dst.put_u64(stream_id);
-    dst.put_u64(message_id);
-    dst.put_i64(event_time);
-    dst.put_u16(key.len() as u16);
-    dst.put_slice(key);
-    dst.put_slice(payload);
+    let whole = message_frame_len(key.len(), payload.len());
+    // The fixed part is assembled on the stack and appended at once: one capacity check
+    // instead of one per field (this is most of the cost of a small message).
+    let mut head = [0u8; MESSAGE_OVERHEAD];
+    head[..4].copy_from_slice(&((whole - LENGTH_HEADER) as u32).to_be_bytes());
+    head[4] = Tag::Message as u8;
+    head[5..13].copy_from_slice(&stream_id.to_be_bytes());
+    head[13..21].copy_from_slice(&message_id.to_be_bytes());
+    head[21..29].copy_from_slice(&event_time.to_be_bytes());
+    head[29..].copy_from_slice(&(key.len() as u16).to_be_bytes());
+    dst.reserve(whole);
+    dst.extend_from_slice(&head);
+    dst.extend_from_slice(key);
+    dst.extend_from_slice(payload);
     Ok(())
+}
+
+/// Appends an ACK frame: `credits`, then every `(stream_id, point_of_ref)` pair of `acks`,
+/// without constructing a [`Frame`] (nor its `Vec` of pairs).
+pub fn encode_ack<I>(dst: &mut BytesMut, credits: u32, acks: I)
+where
+    I: IntoIterator<Item = (u64, u64)>,
+{
+    let acks = acks.into_iter();
+    let start = dst.len();
+    dst.reserve(LENGTH_HEADER + 1 + 4 + 4 + 16 * acks.size_hint().0);
+    dst.put_u32(0); // length, patched below
+    dst.put_u8(Tag::Ack as u8);
+    dst.put_u32(credits);
+    dst.put_u32(0); // pair count, patched below
+    let mut n = 0u32;
+    for (stream_id, point_of_ref) in acks {
+        dst.put_u64(stream_id);
+        dst.put_u64(point_of_ref);
+        n = n.wrapping_add(1);
+    }
+    let len = (dst.len() - start - LENGTH_HEADER) as u32;
+    dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    dst[start + 9..start + 13].copy_from_slice(&n.to_be_bytes());
 }
 
 fn put_short(dst: &mut BytesMut, field: &'static str, v: &[u8]) -> Result<(), FrameError> {
