@@ -3,9 +3,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
-use connector_runtime::source::ShuttingDown;
-use connector_runtime::{Backoff, Context};
+use anyhow::{anyhow, Result};
+use connector_runtime::{Backoff, Context, ShuttingDown};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification};
 
@@ -40,11 +39,12 @@ impl PgConn {
 }
 
 /// Parses a libpq-style connection string (`host=... dbname=...` or `postgresql://...`)
-/// and fills in the application name and a connect timeout when absent.
-pub fn parse_config(s: &str, application_name: &str) -> Result<Config> {
+/// and fills in the application name and a connect timeout when absent. `flag` names the
+/// parameter in errors (`--NAME-connection`).
+pub fn parse_config(s: &str, application_name: &str, flag: &str) -> Result<Config> {
     let mut c = Config::from_str(s).map_err(|e| {
         anyhow!(
-            "invalid `connection` parameter: {} (expected e.g. `host=127.0.0.1 port=5432 user=postgres dbname=test` or `postgresql://postgres@127.0.0.1:5432/test`)",
+            "invalid {flag}: {} (expected e.g. `host=127.0.0.1 port=5432 user=postgres dbname=test` or `postgresql://postgres@127.0.0.1:5432/test`)",
             describe(&e)
         )
     })?;
@@ -129,12 +129,7 @@ pub async fn connect(config: &Config, ctx: &Context, reconnect: bool) -> Result<
                 }
                 return Ok(c);
             }
-            Err(e) if is_fatal_connect(&e) => {
-                bail!(
-                    "cannot connect to PostgreSQL at {where_}: {}; fix the `connection` parameter",
-                    describe(&e)
-                )
-            }
+            Err(e) if is_fatal_connect(&e) => return Err(fatal_connect(&where_, &e)),
             Err(e) => {
                 let delay = backoff.next_delay();
                 if backoff.attempts() % 20 == 1 {
@@ -150,6 +145,32 @@ pub async fn connect(config: &Config, ctx: &Context, reconnect: bool) -> Result<
             }
         }
     }
+}
+
+/// One reconnect attempt, for a caller that retries with its own back-off: `Ok(Err(why))`
+/// while the server is unreachable, `Err` when a retry cannot help (bad password, unknown
+/// database). A success is logged and counted in `reconnects`.
+pub async fn reconnect_once(config: &Config, ctx: &Context) -> Result<Result<PgConn, String>> {
+    let where_ = target(config);
+    match connect_once(config).await {
+        Ok(c) => {
+            ctx.metrics.reconnects.inc();
+            tracing::warn!("reconnected to PostgreSQL at {where_}");
+            Ok(Ok(c))
+        }
+        Err(e) if is_fatal_connect(&e) => Err(fatal_connect(&where_, &e)),
+        Err(e) => Ok(Err(format!(
+            "PostgreSQL at {where_} not reachable: {}",
+            describe(&e)
+        ))),
+    }
+}
+
+fn fatal_connect(where_: &str, e: &tokio_postgres::Error) -> anyhow::Error {
+    anyhow!(
+        "cannot connect to PostgreSQL at {where_}: {}; fix the `connection` parameter",
+        describe(e)
+    )
 }
 
 fn is_fatal_connect(e: &tokio_postgres::Error) -> bool {
@@ -242,11 +263,22 @@ mod tests {
 
     #[test]
     fn config_forms_and_target() {
-        let c = parse_config("host=127.0.0.1 port=5433 user=u dbname=d", "x").unwrap();
+        let c = parse_config(
+            "host=127.0.0.1 port=5433 user=u dbname=d",
+            "x",
+            "--c-connection",
+        )
+        .unwrap();
         assert_eq!(target(&c), "127.0.0.1:5433/d");
         assert_eq!(c.get_application_name(), Some("x"));
-        let c = parse_config("postgresql://u:secret@db.example:6000/app", "x").unwrap();
+        let c = parse_config(
+            "postgresql://u:secret@db.example:6000/app",
+            "x",
+            "--c-connection",
+        )
+        .unwrap();
         assert_eq!(target(&c), "db.example:6000/app");
-        assert!(parse_config("host=x port=notaport", "x").is_err());
+        let e = parse_config("host=x port=notaport", "x", "--c-connection").unwrap_err();
+        assert!(e.to_string().contains("--c-connection"), "{e}");
     }
 }

@@ -17,17 +17,16 @@
 //!
 //! A batch that fails because of its data (SQLSTATE classes 21, 22, 23, 54: invalid JSON, a
 //! constraint, a value too long) is rolled back and split in halves, each written in its own
-//! transaction, down to the single rows that fail: those are returned with the database's
-//! message for the dead-letter directory, and everything else is committed. A broken
-//! connection (or a server restart) reconnects with back-off and retries the part of the
-//! batch not yet committed.
+//! transaction, down to the single rows that fail: those are refused with the database's
+//! message (the runtime dead-letters them), and everything else is committed. A broken
+//! connection (or a server restart) marks the rows not committed yet for a retry: the
+//! runtime writes them again after its back-off, and the next write reconnects first.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use bytes::{BufMut, Bytes, BytesMut};
-use connector_runtime::{Check, Context, SinkMessage};
+use connector_runtime::{Check, Context, Outcomes, SinkMessage};
 use futures::SinkExt;
 use tokio_postgres::{Config, Statement};
 
@@ -88,32 +87,17 @@ struct Target {
     value_kind: ValueKind,
 }
 
-/// What became of a batch.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Messages committed (including earlier messages of a key superseded in the batch).
-    pub written: usize,
-    /// Messages refused, by index in the batch, with the reason (key and database message).
-    pub refused: Vec<(usize, String)>,
-}
-
 /// Writes batches of messages to one table.
 pub struct Writer {
     config: Config,
     cfg: SinkConfig,
     target: Target,
-    pg: PgConn,
-    stmts: Statements,
+    /// The connection and its statements; `None` after it failed, until the next write
+    /// reconnects.
+    conn: Option<Conn>,
     /// Upsert mode: batches left to write without trying the COPY fast path first.
     skip_copy: u32,
     ctx: Context,
-}
-
-/// The prepared statements of one connection.
-#[derive(Clone)]
-struct Statements {
-    copy: Statement,
-    upsert: Option<Statement>,
 }
 
 /// Batches that skip the COPY fast path after it met an existing key.
@@ -142,7 +126,7 @@ impl Writer {
             target.value_kind,
             cfg.mode
         );
-        let stmts = prepare(&pg, &cfg, &target).await.map_err(|e| {
+        let conn = prepare(pg, &cfg, &target).await.map_err(|e| {
             anyhow!(
                 "cannot prepare writing to {}: {}",
                 target.name,
@@ -153,23 +137,30 @@ impl Writer {
             config,
             cfg,
             target,
-            pg,
-            stmts,
+            conn: Some(conn),
             skip_copy: 0,
             ctx,
         })
     }
 
-    /// Writes `batch`; returns once every message is committed or refused.
-    pub async fn write(&mut self, batch: &[SinkMessage]) -> Result<Outcome> {
-        let mut out = Outcome::default();
+    /// Writes `batch`, one transaction per chunk, and marks in `outcomes` the rows
+    /// PostgreSQL refused (with its message) and those to write again (the connection
+    /// failed before their COMMIT). `Err` only when retrying cannot help.
+    pub async fn write(&mut self, batch: &[SinkMessage], outcomes: &mut Outcomes) -> Result<()> {
         let mut rows = Vec::with_capacity(batch.len());
         for (index, m) in batch.iter().enumerate() {
             match self.check_row(index, m) {
                 Ok(row) => rows.push(row),
-                Err(why) => out.refused.push((index, why)),
+                Err(why) => outcomes.refuse(index, why),
             }
         }
+        let mut conn = match self.connection().await? {
+            Ok(conn) => conn,
+            Err(why) => {
+                rows.iter().for_each(|r| outcomes.retry(r.index, &why));
+                return Ok(());
+            }
+        };
         if self.skip_copy > 0 {
             self.skip_copy -= 1;
         }
@@ -179,45 +170,73 @@ impl Writer {
             if lo >= hi {
                 continue;
             }
-            match self.write_chunk(&rows[lo..hi]).await {
-                Ok(()) => out.written += hi - lo,
-                Err(e) => match classify(&e) {
-                    ErrorClass::Row if hi - lo == 1 => {
-                        let r = &rows[lo];
-                        out.refused.push((
-                            r.index,
-                            format!(
-                                "row with key {:?} refused by PostgreSQL: {}",
-                                r.key.unwrap_or(""),
-                                describe(&e)
-                            ),
-                        ));
-                    }
-                    ErrorClass::Row => {
-                        let mid = lo + (hi - lo) / 2;
-                        todo.push((mid, hi));
-                        todo.push((lo, mid));
-                    }
-                    ErrorClass::Transient => {
-                        tracing::warn!(
-                            "writing to {} failed: {}; reconnecting",
-                            self.target.name,
-                            describe(&e)
-                        );
-                        self.ctx.metrics.error("connection");
-                        todo.push((lo, hi));
-                        self.reconnect().await?;
-                    }
-                    ErrorClass::Fatal => bail!(
-                        "PostgreSQL refused writing to {}: {}",
-                        self.target.name,
+            let chunk = &rows[lo..hi];
+            let kind = self.target.value_kind;
+            let Err(e) = conn.write_chunk(chunk, kind, &mut self.skip_copy).await else {
+                continue;
+            };
+            match classify(&e) {
+                ErrorClass::Row if hi - lo == 1 => {
+                    let r = &rows[lo];
+                    let key = r.key.unwrap_or("");
+                    let why = format!(
+                        "row with key {key:?} refused by PostgreSQL: {}",
                         describe(&e)
-                    ),
-                },
+                    );
+                    outcomes.refuse(r.index, why);
+                }
+                ErrorClass::Row => {
+                    let mid = lo + (hi - lo) / 2;
+                    todo.push((mid, hi));
+                    todo.push((lo, mid));
+                }
+                ErrorClass::Transient => {
+                    // Not committed: this chunk and every one after it are written again,
+                    // on a new connection.
+                    let why = format!("writing to {} failed: {}", self.target.name, describe(&e));
+                    self.ctx.metrics.error("connection");
+                    todo.push((lo, hi));
+                    for (lo, hi) in todo {
+                        rows[lo..hi]
+                            .iter()
+                            .for_each(|r| outcomes.retry(r.index, &why));
+                    }
+                    return Ok(());
+                }
+                ErrorClass::Fatal => bail!(
+                    "PostgreSQL refused writing to {}: {}",
+                    self.target.name,
+                    describe(&e)
+                ),
             }
         }
-        out.refused.sort_by_key(|(i, _)| *i);
-        Ok(out)
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// The connection, taken out for one write (put back once the write did not fail on
+    /// it), or a new one: `Ok(Err(why))` while the server is not reachable (the runtime
+    /// writes the batch again after its back-off).
+    async fn connection(&mut self) -> Result<Result<Conn, String>> {
+        if let Some(conn) = self.conn.take().filter(|c| !c.pg.client.is_closed()) {
+            return Ok(Ok(conn));
+        }
+        let pg = match pg::reconnect_once(&self.config, &self.ctx).await? {
+            Ok(pg) => pg,
+            Err(why) => return Ok(Err(why)),
+        };
+        match prepare(pg, &self.cfg, &self.target).await {
+            Ok(conn) => Ok(Ok(conn)),
+            Err(e) if classify(&e) == ErrorClass::Transient => Ok(Err(format!(
+                "preparing after reconnect failed: {}",
+                describe(&e)
+            ))),
+            Err(e) => bail!(
+                "cannot prepare writing to {}: {}",
+                self.target.name,
+                describe(&e)
+            ),
+        }
     }
 
     fn check_row<'a>(&self, index: usize, m: &'a SinkMessage) -> Result<Row<'a>, String> {
@@ -255,28 +274,40 @@ impl Writer {
             value: &m.payload,
         })
     }
+}
 
+/// A connection and its prepared statements.
+struct Conn {
+    pg: PgConn,
+    copy: Statement,
+    upsert: Option<Statement>,
+}
+
+impl Conn {
     /// One transaction (two in upsert mode when the COPY fast path is declined): the rows
-    /// are committed, or nothing is.
-    async fn write_chunk(&mut self, rows: &[Row<'_>]) -> Result<(), tokio_postgres::Error> {
-        let kind = self.target.value_kind;
-        let stmts = self.stmts.clone();
-        let Some(upsert) = &stmts.upsert else {
+    /// are committed, or nothing is. `skip_copy`: batches left without the fast path.
+    async fn write_chunk(
+        &mut self,
+        rows: &[Row<'_>],
+        kind: ValueKind,
+        skip_copy: &mut u32,
+    ) -> Result<(), tokio_postgres::Error> {
+        let Some(upsert) = &self.upsert else {
             let rows: Vec<&Row<'_>> = rows.iter().collect();
             let tx = self.pg.client.transaction().await?;
-            let r = copy_rows(&tx, &stmts.copy, &rows, kind).await;
+            let r = copy_rows(&tx, &self.copy, &rows, kind).await;
             return finish(tx, r).await;
         };
         let rows = last_per_key(rows);
-        if self.skip_copy == 0 {
+        if *skip_copy == 0 {
             let tx = self.pg.client.transaction().await?;
-            let r = copy_rows(&tx, &stmts.copy, &rows, kind).await;
+            let r = copy_rows(&tx, &self.copy, &rows, kind).await;
             match finish(tx, r).await {
                 Ok(()) => return Ok(()),
                 Err(e) if classify(&e) == ErrorClass::Row => {
                     // A key exists already (or a row is bad): the upsert statement decides.
                     tracing::debug!("COPY fast path declined: {}", describe(&e));
-                    self.skip_copy = SKIP_COPY_AFTER_CONFLICT;
+                    *skip_copy = SKIP_COPY_AFTER_CONFLICT;
                 }
                 Err(e) => return Err(e),
             }
@@ -284,27 +315,6 @@ impl Writer {
         let tx = self.pg.client.transaction().await?;
         let r = upsert_rows(&tx, upsert, &rows, kind).await;
         finish(tx, r).await
-    }
-
-    async fn reconnect(&mut self) -> Result<()> {
-        loop {
-            self.pg = pg::connect(&self.config, &self.ctx, true).await?;
-            match prepare(&self.pg, &self.cfg, &self.target).await {
-                Ok(s) => {
-                    self.stmts = s;
-                    return Ok(());
-                }
-                Err(e) if classify(&e) == ErrorClass::Transient => {
-                    tracing::warn!("preparing after reconnect failed: {}", describe(&e));
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => bail!(
-                    "cannot prepare writing to {}: {}",
-                    self.target.name,
-                    describe(&e)
-                ),
-            }
-        }
     }
 }
 
@@ -354,11 +364,8 @@ async fn describe_target(pg: &PgConn, cfg: &SinkConfig) -> Result<Target> {
     })
 }
 
-async fn prepare(
-    pg: &PgConn,
-    cfg: &SinkConfig,
-    t: &Target,
-) -> Result<Statements, tokio_postgres::Error> {
+/// Prepares the statements on a new connection.
+async fn prepare(pg: PgConn, cfg: &SinkConfig, t: &Target) -> Result<Conn, tokio_postgres::Error> {
     let copy = pg
         .client
         .prepare(&format!(
@@ -385,7 +392,7 @@ async fn prepare(
             Some(pg.client.prepare(&sql).await?)
         }
     };
-    Ok(Statements { copy, upsert })
+    Ok(Conn { pg, copy, upsert })
 }
 
 /// Commits, or rolls back and returns the error.

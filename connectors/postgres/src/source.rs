@@ -44,11 +44,12 @@
 //! The reader warns at start when it finds such a sequence.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
-use connector_runtime::source::ShuttingDown;
-use connector_runtime::{Backoff, Check, Context, Params};
+use anyhow::{anyhow, bail, Context as _, Result};
+use connector_runtime::{Backoff, Check, Context, ShuttingDown};
 use tokio_postgres::{Config, Statement};
 
 use crate::pg::{self, classify, describe, quote_ident, quote_literal, ErrorClass, PgConn};
@@ -61,6 +62,16 @@ pub enum Payload {
     Column(String),
     /// The whole row as a JSON object (`row_to_json`).
     RowToJson,
+}
+
+impl Payload {
+    /// The `payload` parameter: `row_to_json`, or a column name.
+    pub fn from_param(s: &str) -> Payload {
+        match s {
+            "row_to_json" => Payload::RowToJson,
+            c => Payload::Column(c.to_string()),
+        }
+    }
 }
 
 /// The source's settings (from its parameters).
@@ -89,42 +100,19 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
-    /// Reads the settings from the connector's parameters.
-    pub fn from_params(p: &Params) -> Result<SourceConfig> {
-        let batch_size: i64 = p.parse_or("batch_size", 1000)?;
-        if batch_size < 1 {
-            bail!("batch_size must be at least 1");
+    /// Checks what PostgreSQL would refuse later; errors name `--{connector}-PARAM`.
+    pub fn validate(&self, connector: &str) -> Result<()> {
+        if self.batch_size < 1 {
+            bail!("--{connector}-batch_size must be at least 1");
         }
-        let payload = match p.get("payload").unwrap_or("row_to_json") {
-            "row_to_json" => Payload::RowToJson,
-            c => Payload::Column(c.to_string()),
-        };
-        let max_gap: u64 = p.parse_or("max_gap_wait_ms", 0)?;
-        let channel = p.get("channel").unwrap_or("postgres_source").to_string();
+        let channel = &self.channel;
         if channel.is_empty() || channel.len() > MAX_IDENTIFIER {
             bail!(
-                "channel `{channel}` is {} bytes: PostgreSQL channel names are 1 to {MAX_IDENTIFIER} bytes (pg_notify refuses longer ones, and so would every INSERT through the trigger)",
+                "--{connector}-channel `{channel}` is {} bytes: PostgreSQL channel names are 1 to {MAX_IDENTIFIER} bytes (pg_notify refuses longer ones, and so would every INSERT through the trigger)",
                 channel.len()
             );
         }
-        Ok(SourceConfig {
-            table: p.required("table")?.to_string(),
-            id_column: p.get("id_column").unwrap_or("id").to_string(),
-            payload,
-            key_column: p
-                .get("key_column")
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-            channel,
-            install_trigger: p.flag("install_trigger")?,
-            poll: Duration::from_millis(p.parse_or("poll_ms", 1000u64)?.max(1)),
-            batch_size,
-            position_table: p
-                .get("position_table")
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-            max_gap_wait: (max_gap > 0).then(|| Duration::from_millis(max_gap)),
-        })
+        Ok(())
     }
 }
 
@@ -142,15 +130,15 @@ pub struct SourceRow {
     pub payload: Vec<u8>,
 }
 
-/// A read: the rows that may be sent now.
+/// One read: the rows that may be sent now.
 #[derive(Debug, Default)]
-pub struct Batch {
+struct Rows {
     /// Rows to send, ids increasing.
-    pub rows: Vec<SourceRow>,
+    rows: Vec<SourceRow>,
     /// The read was full: more rows are probably ready.
-    pub more: bool,
+    more: bool,
     /// Stopped before a gap that may still fill: read again soon.
-    pub held: bool,
+    held: bool,
 }
 
 /// A transaction holding a write lock on the table: virtual transaction id -> backend pid.
@@ -280,8 +268,163 @@ fn pids(h: Option<&Holders>) -> String {
     }
 }
 
-/// Reads the table; reconnects by itself.
+/// A read in flight: it owns the session until it is done, so dropping the `read` that
+/// awaits it (the runtime does, to commit) loses nothing; the next call awaits it again.
+type InFlight = Pin<Box<dyn Future<Output = (Session, Result<Rows>)> + Send>>;
+
+/// Why [`Reader::next_rows`] has no connection (a read did not end in time at shutdown).
+const NO_SESSION: &str = "no connection to PostgreSQL: a read did not end at shutdown";
+
+/// How long [`Reader::close`] waits for a read in flight before storing the position.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Reads the table in id order for `postgres_source`: waits for a NOTIFY (or `poll_ms`),
+/// reads the rows above its position, never past a gap an open transaction may still fill,
+/// and stores acknowledged positions in `position_table`. Reconnects by itself.
 pub struct Reader {
+    /// The connection, or `None` while a read holds it (in `in_flight`).
+    session: Option<Session>,
+    in_flight: Option<InFlight>,
+    table: String,
+    /// The stream name, `<connector>/<table>`: the key of `position_table`.
+    stream: String,
+    /// The position `position_table` held at start.
+    stored: Option<u64>,
+    /// The id of the last row returned.
+    pos: u64,
+    /// After a read that was not full: the next one waits for a NOTIFY or this instant.
+    due: Option<tokio::time::Instant>,
+    /// An acknowledged position not stored in `position_table` yet.
+    unsaved: Option<u64>,
+}
+
+impl Reader {
+    /// Connects (retrying while the server is unreachable), checks the table, installs the
+    /// trigger when asked, LISTENs, prepares the queries and reads the stored position.
+    pub async fn connect(config: Config, cfg: SourceConfig, ctx: Context) -> Result<Reader> {
+        let pg = pg::connect(&config, &ctx, false).await?;
+        let prepared = setup(&pg, &cfg, true).await?;
+        let trigger_retry =
+            (prepared.trigger == Some(TriggerState::Busy)).then(|| Instant::now() + TRIGGER_RETRY);
+        let table = prepared.table.name.clone();
+        let stream = format!("{}/{table}", ctx.connector);
+        let mut session = Session {
+            config,
+            cfg,
+            ctx,
+            pg,
+            prepared,
+            trigger_retry,
+            gate: GapGate::default(),
+            gap_delay: Duration::from_millis(5),
+            last_lag: None,
+            retry: Backoff::default(),
+        };
+        let stored = session.stored_position(&stream).await?;
+        Ok(Reader {
+            session: Some(session),
+            in_flight: None,
+            table,
+            stream,
+            stored,
+            pos: 0,
+            due: None,
+            unsaved: None,
+        })
+    }
+
+    /// The stream name, `<connector>/<table>`.
+    pub fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
+    /// The position stored in `position_table` at start, if any.
+    pub fn stored_position(&self) -> Option<u64> {
+        self.stored
+    }
+
+    /// Starts after the higher of the engine's resume point and the stored position.
+    pub fn start_after(&mut self, resume: Option<u64>) {
+        self.pos = resume.max(self.stored).unwrap_or(0);
+        tracing::info!("reading {} from id {} on", self.table, self.pos + 1);
+    }
+
+    /// Waits for a NOTIFY (or `poll_ms`, or at once after a full read), then returns the
+    /// next rows above the position that may be sent now, and moves the position past them:
+    /// push them before the next `.await`. Cancel safe: a read interrupted in the middle is
+    /// taken up again by the next call.
+    pub async fn next_rows(&mut self) -> Result<Vec<SourceRow>> {
+        if self.in_flight.is_none() {
+            let session = self.session.as_mut().context(NO_SESSION)?;
+            if let Some(p) = self.unsaved {
+                if session.save_position(&self.stream, p).await? {
+                    self.unsaved = None;
+                }
+            }
+            if let Some(due) = self.due {
+                tokio::select! {
+                    _ = session.notified() => {}
+                    _ = tokio::time::sleep_until(due) => {}
+                }
+                self.due = None;
+            }
+            let (mut session, pos) = (self.session.take().context(NO_SESSION)?, self.pos);
+            self.in_flight = Some(Box::pin(async move {
+                let rows = session.next_batch(pos).await;
+                (session, rows)
+            }));
+        }
+        let in_flight = self.in_flight.as_mut().context(NO_SESSION)?;
+        let (session, read) = in_flight.await;
+        self.in_flight = None;
+        let session = self.session.insert(session);
+        let read = read?;
+        if let Some(last) = read.rows.last() {
+            self.pos = last.id;
+        }
+        if !read.more {
+            self.due = Some(tokio::time::Instant::now() + session.delay(read.held));
+        }
+        Ok(read.rows)
+    }
+
+    /// The engine acknowledged every row up to `position`: stores it in `position_table`
+    /// (no-op without one; while a read is in flight, or after a transient failure, it is
+    /// stored with the next read).
+    pub async fn commit(&mut self, position: u64) -> Result<()> {
+        self.unsaved = Some(position.max(self.unsaved.unwrap_or(0)));
+        if let (Some(session), Some(p)) = (self.session.as_mut(), self.unsaved) {
+            if session.save_position(&self.stream, p).await? {
+                self.unsaved = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end: lets a read in flight finish (up to 10 s), then stores the last
+    /// acknowledged position.
+    pub async fn close(&mut self) -> Result<()> {
+        if let Some(in_flight) = self.in_flight.take() {
+            match tokio::time::timeout(CLOSE_WAIT, in_flight).await {
+                Ok((session, _)) => self.session = Some(session),
+                Err(_) => {
+                    tracing::warn!("a read of {} did not end within {CLOSE_WAIT:?}", self.table)
+                }
+            }
+        }
+        if let (Some(session), Some(p)) = (self.session.as_mut(), self.unsaved) {
+            if !session.save_position(&self.stream, p).await? {
+                tracing::warn!(
+                    "position {p} not stored in position_table: the next start reads from the engine's resume point"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One connection to the table and what reading it needs; reconnects by itself.
+struct Session {
     config: Config,
     cfg: SourceConfig,
     ctx: Context,
@@ -296,35 +439,9 @@ pub struct Reader {
     retry: Backoff,
 }
 
-impl Reader {
-    /// Connects (retrying while the server is unreachable), checks the table, installs the
-    /// trigger when asked, LISTENs and prepares the queries.
-    pub async fn connect(config: Config, cfg: SourceConfig, ctx: Context) -> Result<Reader> {
-        let pg = pg::connect(&config, &ctx, false).await?;
-        let prepared = setup(&pg, &cfg, true).await?;
-        let trigger_retry =
-            (prepared.trigger == Some(TriggerState::Busy)).then(|| Instant::now() + TRIGGER_RETRY);
-        Ok(Reader {
-            config,
-            cfg,
-            ctx,
-            pg,
-            prepared,
-            trigger_retry,
-            gate: GapGate::default(),
-            gap_delay: Duration::from_millis(5),
-            last_lag: None,
-            retry: Backoff::default(),
-        })
-    }
-
-    /// The table's name as PostgreSQL prints it.
-    pub fn table_name(&self) -> &str {
-        &self.prepared.table.name
-    }
-
+impl Session {
     /// Reads the next rows above `pos` that may be sent now.
-    pub async fn next_batch(&mut self, pos: u64) -> Result<Batch> {
+    async fn next_batch(&mut self, pos: u64) -> Result<Rows> {
         self.retry_trigger().await;
         loop {
             match self.try_batch(pos).await {
@@ -354,7 +471,7 @@ impl Reader {
         self.trigger_retry = (state == TriggerState::Busy).then(|| Instant::now() + TRIGGER_RETRY);
     }
 
-    async fn try_batch(&mut self, pos: u64) -> Result<Batch, tokio_postgres::Error> {
+    async fn try_batch(&mut self, pos: u64) -> Result<Rows, tokio_postgres::Error> {
         self.pg.clear_notifications();
         let holders = if self.gate.needs_holders() {
             let rows = self
@@ -420,7 +537,7 @@ impl Reader {
         } else if !full {
             self.ctx.metrics.lag.set(if held { -1 } else { 0 });
         }
-        Ok(Batch {
+        Ok(Rows {
             rows: out,
             more: full && !held,
             held,
@@ -452,7 +569,7 @@ impl Reader {
 
     /// How long to wait before reading again when a notification does not come first:
     /// short (5 ms doubling to 200 ms) while holding before a gap, else `poll_ms`.
-    pub fn delay(&self, held: bool) -> Duration {
+    fn delay(&self, held: bool) -> Duration {
         if held {
             self.gap_delay
         } else {
@@ -461,7 +578,7 @@ impl Reader {
     }
 
     /// Waits for a NOTIFY on the channel (returns at once if the connection is gone).
-    pub async fn notified(&mut self) {
+    async fn notified(&mut self) {
         if !self.pg.notified().await {
             // The connection task ended: the next read reconnects. Do not spin.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -469,7 +586,7 @@ impl Reader {
     }
 
     /// The position stored in `position_table`, if configured and present.
-    pub async fn stored_position(&mut self, stream: &str) -> Result<Option<u64>> {
+    async fn stored_position(&mut self, stream: &str) -> Result<Option<u64>> {
         let Some(table) = &self.cfg.position_table else {
             return Ok(None);
         };
@@ -488,7 +605,7 @@ impl Reader {
 
     /// Records the acknowledged `position` in `position_table` (no-op without one). A
     /// transient failure is logged and left for the next acknowledgement.
-    pub async fn save_position(&mut self, stream: &str, position: u64) -> Result<bool> {
+    async fn save_position(&mut self, stream: &str, position: u64) -> Result<bool> {
         let Some(stmt) = &self.prepared.save else {
             return Ok(true);
         };

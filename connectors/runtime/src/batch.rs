@@ -53,6 +53,9 @@ pub struct Batch<T> {
     pub(crate) opens: Vec<(String, Option<u64>)>,
     pub(crate) ends: Vec<u64>,
     pub(crate) finished: bool,
+    /// Records and payload bytes pushed since the metrics were last updated (counted here,
+    /// not per record in the shared counters).
+    pushed: (u64, u64),
 }
 
 impl<T> Batch<T> {
@@ -65,6 +68,7 @@ impl<T> Batch<T> {
             opens: Vec::new(),
             ends: Vec::new(),
             finished: false,
+            pushed: (0, 0),
         }
     }
 
@@ -94,8 +98,8 @@ impl<T> Batch<T> {
         payload: &[u8],
         token: T,
     ) {
-        self.metrics.messages_in.inc();
-        self.metrics.bytes_in.add(payload.len() as u64);
+        self.pushed.0 += 1;
+        self.pushed.1 += payload.len() as u64;
         let start = self.buf.len();
         match self.encoding {
             Encoding::Protocol { max_frame } => {
@@ -123,6 +127,15 @@ impl<T> Batch<T> {
             payload: payload.len(),
             token,
         });
+    }
+
+    /// Adds what was pushed to `connector_messages_total{direction="in"}` and its bytes.
+    pub(crate) fn count_pushed(&mut self) {
+        let (n, bytes) = std::mem::take(&mut self.pushed);
+        if n > 0 {
+            self.metrics.messages_in.add(n);
+            self.metrics.bytes_in.add(bytes);
+        }
     }
 
     /// Ends a stream (a revoked partition, a finished shard or file): the runtime sends what

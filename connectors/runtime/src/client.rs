@@ -254,6 +254,7 @@ impl<T> SourceClient<T> {
     /// Sends the batch's records in order (waiting for credits), moving each into its
     /// stream's ledger. On return the batch holds no records.
     pub async fn send(&mut self, batch: &mut Batch<T>) -> Result<()> {
+        batch.count_pushed();
         loop {
             match self.send_some(batch).await {
                 Ok(true) => return Ok(()),

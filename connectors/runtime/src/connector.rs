@@ -23,8 +23,13 @@ use crate::context::Context;
 use crate::sink::{Sink, SinkMessage};
 
 /// How long a pending `read` may hold back the commit of acknowledged records before it is
-/// interrupted (see [`SourceConnector::read`]).
+/// interrupted (see [`SourceConnector::read`]). Each interruption doubles the wait for the
+/// next read (up to [`MAX_COMMIT_DELAY`]) and a read that completes resets it, so a read that
+/// takes longer (a query, a listing) still finishes.
 pub const COMMIT_DELAY: Duration = Duration::from_millis(10);
+
+/// The longest a pending `read` holds back commits after repeated interruptions.
+pub const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
 
 /// An upstream system that records are read from: the Rust counterpart of the seed's
 /// `SourceConnector`.
@@ -37,10 +42,12 @@ pub trait SourceConnector {
     /// Waits for upstream records and pushes them into `out` (and opens and ends streams).
     ///
     /// Cancel safety: when acknowledged records wait for [`SourceConnector::commit`] and the
-    /// read has waited for [`COMMIT_DELAY`], or on shutdown, the runtime drops this future at
-    /// its current `.await`. Push each record into `out` before the next `.await` and move
-    /// your upstream cursor only after pushing, as with tokio's `recv`: what was pushed is
-    /// kept, nothing else is lost.
+    /// read has waited for [`COMMIT_DELAY`] (doubled after each interruption, up to
+    /// [`MAX_COMMIT_DELAY`]), or on shutdown, the runtime drops this future at its current
+    /// `.await`. Push each record into `out` before the next `.await` and move your upstream
+    /// cursor only after pushing, as with tokio's `recv`: what was pushed is kept, nothing
+    /// else is lost. Work that must not be cut short (a query whose rows are only usable
+    /// whole) can run in a spawned task whose result the next `read` picks up.
     async fn read(&mut self, out: &mut Batch<Self::Token>) -> Result<()>;
 
     /// The engine answered the NOTIFY of a stream opened with [`Batch::open`]: position the
@@ -215,6 +222,7 @@ async fn source_loop<S: SourceConnector>(
     batch: &mut Batch<S::Token>,
 ) -> Result<bool> {
     let shutdown: &CancellationToken = &ctx.shutdown;
+    let mut patience = COMMIT_DELAY;
     loop {
         // Between reads: open, send, end, commit.
         for (name, hint) in std::mem::take(&mut batch.opens) {
@@ -253,19 +261,19 @@ async fn source_loop<S: SourceConnector>(
                     lost = client.next_event() => if lost {
                         client.recover().await?;
                     },
-                    _ = tokio::time::sleep_until(started + COMMIT_DELAY), if client.has_released() => {
+                    _ = tokio::time::sleep_until(started + patience), if client.has_released() => {
                         break ReadEnd::Commit;
                     }
                 }
             }
         };
         match end {
-            ReadEnd::Done(r) => r?,
-            ReadEnd::Commit => {}
-            ReadEnd::Shutdown => {
-                tracing::info!("shutdown requested: draining");
-                return Ok(false);
+            ReadEnd::Done(r) => {
+                r?;
+                patience = COMMIT_DELAY;
             }
+            ReadEnd::Commit => patience = (patience * 2).min(MAX_COMMIT_DELAY),
+            ReadEnd::Shutdown => return Ok(false),
         }
     }
 }

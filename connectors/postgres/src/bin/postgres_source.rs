@@ -8,106 +8,129 @@
 //! `poll_ms` in case a notification was missed. It never moves past a gap in the ids that
 //! a still-open transaction may fill (see the crate's `source` module and the README).
 //!
-//! Guarantee: at-least-once. The position is what the engine acknowledged (its NOTIFY_ACK
-//! point on restart), and, with `position_table`, is also stored in the database once
-//! acknowledged; the source resumes from the higher of the two. The table itself is never
-//! changed. A lost connection (server restart) reconnects with back-off.
+//! Guarantee: at-least-once. The commit token of a row is its id: the runtime hands it to
+//! `commit` once the engine acknowledged the row, and, with `position_table`, it is stored
+//! in the database then. A restart resumes after the higher of the engine's resume point
+//! and the stored position. The table itself is never changed. A lost connection (server
+//! restart) reconnects with back-off.
 
 use std::process::ExitCode;
 
 use connector_runtime::prelude::*;
 use postgres_connectors::pg;
-use postgres_connectors::source::{check, Reader, SourceConfig};
+use postgres_connectors::source::{check, Payload, Reader, SourceConfig};
 
-const SPEC: ConnectorSpec = ConnectorSpec {
-    program: "postgres_source",
-    about: "Sends the rows of a PostgreSQL table to the engine in id order, woken by NOTIFY, resuming after the acknowledged id.",
-    direction: Direction::Source,
-    params: &[
-        Param::required(
-            "connection",
-            "libpq connection string: `host=127.0.0.1 user=postgres dbname=test` or `postgresql://user@host/db`",
-        ),
-        Param::required("table", "Table to read (`name` or `schema.name`)"),
-        Param::with_default("id_column", "Increasing integer id (e.g. bigserial); the message id", "id"),
-        Param::with_default("payload", "Column sent as the payload, or `row_to_json` for the whole row as JSON", "row_to_json"),
-        Param::optional("key_column", "Column sent as the message key (its text form)"),
-        Param::with_default("channel", "NOTIFY channel that wakes the source", "postgres_source"),
-        Param::with_default("install_trigger", "Create the AFTER INSERT trigger that NOTIFYs the channel", "false"),
-        Param::with_default("poll_ms", "Read at least this often even without a notification", "1000"),
-        Param::with_default("batch_size", "Rows per read", "1000"),
-        Param::optional("position_table", "Table (created if missing) storing the acknowledged id per stream"),
-        Param::with_default(
-            "max_gap_wait_ms",
-            "Move past a gap in the ids after this long even if a transaction that may fill it is open (0 = never)",
-            "0",
-        ),
-    ],
-};
+/// Sends the rows of a PostgreSQL table to the engine in id order, woken by NOTIFY, resuming after the acknowledged id.
+#[derive(Parser)]
+#[command(name = "postgres_source")]
+struct Params {
+    /// libpq connection string: `host=127.0.0.1 user=postgres dbname=test` or `postgresql://user@host/db`
+    #[arg(long)]
+    connection: String,
+    /// Table to read (`name` or `schema.name`)
+    #[arg(long)]
+    table: String,
+    /// Increasing integer id (e.g. bigserial); the message id
+    #[arg(long, default_value = "id")]
+    id_column: String,
+    /// Column sent as the payload, or `row_to_json` for the whole row as JSON
+    #[arg(long, default_value = "row_to_json")]
+    payload: String,
+    /// Column sent as the message key (its text form)
+    #[arg(long)]
+    key_column: Option<String>,
+    /// NOTIFY channel that wakes the source
+    #[arg(long, default_value = "postgres_source")]
+    channel: String,
+    /// Create the AFTER INSERT trigger that NOTIFYs the channel
+    #[arg(long)]
+    install_trigger: bool,
+    /// Read at least this often even without a notification
+    #[arg(long, default_value_t = 1000)]
+    poll_ms: u64,
+    /// Rows per read
+    #[arg(long, default_value_t = 1000)]
+    batch_size: i64,
+    /// Table (created if missing) storing the acknowledged id per stream
+    #[arg(long)]
+    position_table: Option<String>,
+    /// Move past a gap in the ids after this long even if a transaction that may fill it is open (0 = never)
+    #[arg(long, default_value_t = 0)]
+    max_gap_wait_ms: u64,
+}
 
-fn settings(params: &Params) -> Result<(tokio_postgres::Config, SourceConfig)> {
-    let config = pg::parse_config(params.required("connection")?, SPEC.program)?;
-    Ok((config, SourceConfig::from_params(params)?))
+struct PgSource {
+    reader: Reader,
+    stream: Option<u64>,
+}
+
+impl SourceConnector for PgSource {
+    /// The row id: acknowledged, it is the position to resume after.
+    type Token = u64;
+
+    async fn read(&mut self, out: &mut Batch<u64>) -> Result<()> {
+        let Some(stream) = self.stream else {
+            let stored = self.reader.stored_position();
+            self.stream = Some(out.open(self.reader.stream_name(), stored));
+            return Ok(());
+        };
+        // Waits for a NOTIFY or poll_ms, then the rows that may be sent now (cancel safe).
+        for row in self.reader.next_rows().await? {
+            out.push(stream, row.id, &row.key, &row.payload, row.id);
+        }
+        Ok(())
+    }
+
+    async fn opened(&mut self, stream: &StreamHandle) -> Result<()> {
+        self.reader.start_after(stream.resume);
+        Ok(())
+    }
+
+    async fn commit(&mut self, ids: Vec<u64>) -> Result<()> {
+        match ids.last() {
+            Some(&id) => self.reader.commit(id).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.reader.close().await
+    }
+}
+
+/// The connection and the reader's settings, checked.
+fn settings(ctx: &Context, p: Params) -> Result<(tokio_postgres::Config, SourceConfig)> {
+    let flag = format!("--{}-connection", ctx.connector);
+    let config = pg::parse_config(&p.connection, ctx.program, &flag)?;
+    let cfg = SourceConfig {
+        table: p.table,
+        id_column: p.id_column,
+        payload: Payload::from_param(&p.payload),
+        key_column: p.key_column.filter(|s| !s.is_empty()),
+        channel: p.channel,
+        install_trigger: p.install_trigger,
+        poll: Duration::from_millis(p.poll_ms.max(1)),
+        batch_size: p.batch_size,
+        position_table: p.position_table.filter(|s| !s.is_empty()),
+        max_gap_wait: (p.max_gap_wait_ms > 0).then(|| Duration::from_millis(p.max_gap_wait_ms)),
+    };
+    cfg.validate(&ctx.connector)?;
+    Ok((config, cfg))
 }
 
 fn main() -> ExitCode {
-    connector_runtime::legacy_source(SPEC)
-        .check(|ctx| async move {
-            match settings(&ctx.params) {
+    connector_runtime::source()
+        .check(|ctx, p: Params| async move {
+            match settings(&ctx, p) {
                 Ok((config, cfg)) => check(&config, &cfg).await,
                 Err(e) => vec![Check::from_result::<()>("parameters", Err(e))],
             }
         })
-        .run(|ctx, mut source| async move {
-            let (config, cfg) = settings(&ctx.params)?;
-            let mut reader = Reader::connect(config, cfg, ctx.clone()).await?;
-            let name = format!("{}/{}", ctx.connector, reader.table_name());
-            let stored = reader.stored_position(&name).await?;
-            let stream = source.notify(&name, stored).await?;
-            let mut pos = stream.resume.max(stored).unwrap_or(0);
-            tracing::info!("reading {} from id {} on", reader.table_name(), pos + 1);
-            let mut acks = source.acks();
-            let (mut acked, mut saved) = (pos, pos);
-            loop {
-                let batch = reader.next_batch(pos).await?;
-                ctx.metrics.messages_in.add(batch.rows.len() as u64);
-                for row in &batch.rows {
-                    ctx.metrics.bytes_in.add(row.payload.len() as u64);
-                    source.write(stream.id, row.id, &row.key, &row.payload).await?;
-                    pos = row.id;
-                }
-                for a in acks.try_next() {
-                    acked = acked.max(a.point);
-                }
-                if saved < acked && reader.save_position(&name, acked).await? {
-                    saved = acked;
-                }
-                if batch.more {
-                    continue;
-                }
-                source.flush().await?;
-                let delay = reader.delay(batch.held);
-                tokio::select! {
-                    _ = reader.notified() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                    got = acks.next() => {
-                        for a in got {
-                            acked = acked.max(a.point);
-                        }
-                    }
-                    _ = ctx.shutdown.cancelled() => break,
-                }
-            }
-            let left = source.drain(Duration::from_secs(10)).await?;
-            if left > 0 {
-                tracing::warn!("{left} rows were not acknowledged before exit; they are read again on the next start");
-            }
-            for a in acks.try_next() {
-                acked = acked.max(a.point);
-            }
-            if saved < acked {
-                reader.save_position(&name, acked).await?;
-            }
-            Ok(())
+        .run(|ctx, p: Params| async move {
+            let (config, cfg) = settings(&ctx, p)?;
+            Ok(PgSource {
+                reader: Reader::connect(config, cfg, ctx).await?,
+                stream: None,
+            })
         })
 }
