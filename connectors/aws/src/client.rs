@@ -10,14 +10,7 @@ use std::future::Future;
 use anyhow::{anyhow, bail, Result};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use connector_runtime::{Backoff, Context, Params};
-
-/// Parameter lines every AWS binary declares (copy them into a `ConnectorSpec`).
-pub const REGION_HELP: &str =
-    "AWS region, e.g. us-east-1 (default: the SDK chain: AWS_REGION, profile)";
-/// See [`REGION_HELP`].
-pub const ENDPOINT_HELP: &str =
-    "Service endpoint URL for S3/Kinesis-compatible services, e.g. http://127.0.0.1:5000 (default: AWS, or AWS_ENDPOINT_URL)";
+use connector_runtime::{Backoff, Context};
 
 /// Where and as whom to talk to AWS.
 #[derive(Debug, Clone, Default)]
@@ -29,16 +22,6 @@ pub struct AwsOptions {
 }
 
 impl AwsOptions {
-    /// Reads `region` and `endpoint_url`.
-    pub fn from_params(params: &Params) -> AwsOptions {
-        let nonempty =
-            |v: Option<&str>| v.map(str::trim).filter(|s| !s.is_empty()).map(String::from);
-        AwsOptions {
-            region: nonempty(params.get("region")),
-            endpoint_url: nonempty(params.get("endpoint_url")),
-        }
-    }
-
     /// Whether a custom endpoint is configured (parameter or environment), for `service`
     /// (`S3`, `KINESIS`): S3 then uses path-style addressing.
     pub fn custom_endpoint(&self, service: &str) -> bool {
@@ -94,15 +77,31 @@ impl AwsOptions {
     }
 }
 
-/// Parses `path_style`: `auto` (path-style with a custom endpoint), `true`, `false`.
-pub fn path_style_param(params: &Params) -> Result<Option<bool>> {
-    match params
-        .get("path_style")
-        .map(|s| s.trim().to_ascii_lowercase())
-    {
-        None => Ok(None),
-        Some(v) if v == "auto" || v.is_empty() => Ok(None),
-        Some(_) => Ok(Some(params.flag("path_style")?)),
+/// The `region` and `endpoint_url` parameters of every AWS binary, for a typed params struct
+/// (`#[command(flatten)] aws: AwsParams`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AwsParams {
+    /// AWS region, e.g. us-east-1 (default: the SDK chain: AWS_REGION, profile)
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Service endpoint URL for S3/Kinesis-compatible services, e.g. http://127.0.0.1:5000 (default: AWS, or AWS_ENDPOINT_URL)
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsParams {
+    /// The options these parameters name (blank values count as absent).
+    pub fn options(&self) -> AwsOptions {
+        let nonempty = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+        };
+        AwsOptions {
+            region: nonempty(&self.region),
+            endpoint_url: nonempty(&self.endpoint_url),
+        }
     }
 }
 
@@ -291,28 +290,6 @@ pub fn throttled(ctx: &Context, what: &str) {
         .inc();
 }
 
-/// `--check` of the S3 binaries: the service answers and the `bucket` parameter's bucket exists.
-pub async fn check_bucket(ctx: connector_runtime::Context) -> Vec<connector_runtime::Check> {
-    let r = async {
-        let bucket = ctx.params.required("bucket")?;
-        let client = AwsOptions::from_params(&ctx.params)
-            .s3(path_style_param(&ctx.params)?)
-            .await?;
-        client
-            .head_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .map_err(|e| anyhow!("bucket `{bucket}`: {} (does it exist?)", describe(&e)))?;
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    vec![connector_runtime::Check::from_result(
-        "S3 bucket reachable and exists",
-        r,
-    )]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,17 +308,5 @@ mod tests {
             classify_code("ResourceNotFoundException", "x".into()),
             Failure::Permanent(_)
         ));
-    }
-
-    #[test]
-    fn options_read_params() {
-        let p = Params::from_pairs("c", &[("region", " eu-west-1 "), ("endpoint_url", "")]);
-        let o = AwsOptions::from_params(&p);
-        assert_eq!(o.region.as_deref(), Some("eu-west-1"));
-        assert_eq!(o.endpoint_url, None);
-        let p = Params::from_pairs("c", &[("path_style", "auto")]);
-        assert_eq!(path_style_param(&p).unwrap(), None);
-        let p = Params::from_pairs("c", &[("path_style", "true")]);
-        assert_eq!(path_style_param(&p).unwrap(), Some(true));
     }
 }

@@ -1,14 +1,18 @@
-//! Kinesis helpers: shard listing, sequence numbers, partition keys and PutRecords batches.
+//! Kinesis helpers: shard listing, sequence numbers, partition keys and PutRecords batches
+//! with per-record results; [`reader`]: the shard reader of `kinesis_source`.
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 
-use anyhow::Result;
-use aws_sdk_kinesis::types::PutRecordsResultEntry;
+use anyhow::{bail, Result};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, PutRecordsResultEntry};
 use bytes::Bytes;
-use connector_runtime::Context;
+use connector_runtime::{Context, Outcome, Outcomes};
 
-use crate::client::{classify_code, retry, Failure};
+use crate::client::{classify, classify_code, retry, throttled as throttled_call, Failure};
+
+pub mod reader;
 
 /// Most records in one PutRecords call.
 pub const MAX_BATCH_RECORDS: usize = 500;
@@ -115,17 +119,15 @@ pub fn partition_key(key: &[u8], payload: &[u8]) -> String {
     }
 }
 
-/// A record waiting to be written, with whatever the caller needs to acknowledge it.
+/// A record waiting to be written, with whatever the caller needs to settle it.
 #[derive(Debug, Clone)]
 pub struct Outgoing<T> {
-    /// Caller's handle (e.g. an acknowledgement ticket).
+    /// Caller's handle (e.g. the record's index in the sink's batch).
     pub item: T,
     /// Partition key.
     pub partition_key: String,
     /// Record data.
     pub data: Bytes,
-    /// Failed attempts so far.
-    pub attempts: u32,
 }
 
 impl<T> Outgoing<T> {
@@ -156,64 +158,118 @@ pub fn take_batch<T>(
     out
 }
 
-/// What became of each record of a PutRecords call.
-#[derive(Debug)]
-pub struct BatchOutcome<T> {
-    /// Written: acknowledge these.
-    pub written: Vec<Outgoing<T>>,
-    /// Failed with a retryable per-record error (throttling, internal failure).
-    pub retry: Vec<Outgoing<T>>,
-    /// Refused for good by a per-record error: dead-letter these.
-    pub refused: Vec<(Outgoing<T>, String)>,
-    /// Whether any record was throttled (back off before the retry).
-    pub throttled: bool,
-}
-
-/// Splits a batch by the per-record results of PutRecords (same order as the request).
-/// A result list of the wrong length retries every record.
-pub fn apply_results<T>(
-    batch: Vec<Outgoing<T>>,
-    results: &[PutRecordsResultEntry],
-) -> BatchOutcome<T> {
-    let mut out = BatchOutcome {
-        written: Vec::new(),
-        retry: Vec::new(),
-        refused: Vec::new(),
-        throttled: false,
-    };
-    if results.len() != batch.len() {
-        out.retry = batch;
-        return out;
+/// What became of each of the `n` records of a PutRecords call, from its per-record results
+/// (same order as the request): written, retry (throttling, internal failure) or refused
+/// (any other error code); and whether any was throttled. A result list of the wrong length
+/// retries every record.
+pub fn record_outcomes(n: usize, results: &[PutRecordsResultEntry]) -> (Vec<Outcome>, bool) {
+    if results.len() != n {
+        let why = format!(
+            "PutRecords answered {} results for {n} records",
+            results.len()
+        );
+        return (vec![Outcome::Retry(why); n], false);
     }
-    for (mut rec, res) in batch.into_iter().zip(results) {
-        match res.error_code() {
-            None | Some("") if res.sequence_number().is_some() => out.written.push(rec),
-            None | Some("") => {
-                rec.attempts += 1;
-                out.retry.push(rec);
-            }
+    let mut throttled = false;
+    let outcomes = results
+        .iter()
+        .map(|res| match res.error_code() {
+            None | Some("") if res.sequence_number().is_some() => Outcome::Written,
+            None | Some("") => Outcome::Retry("PutRecords returned no sequence number".into()),
             Some(code) => {
                 let msg = format!("{code}: {}", res.error_message().unwrap_or(""));
-                rec.attempts += 1;
                 match classify_code(code, msg) {
-                    Failure::Throttled(_) => {
-                        out.throttled = true;
-                        out.retry.push(rec);
+                    Failure::Throttled(m) => {
+                        throttled = true;
+                        Outcome::Retry(m)
                     }
-                    Failure::Transient(_) => out.retry.push(rec),
-                    Failure::Permanent(m) => out.refused.push((rec, m)),
+                    Failure::Transient(m) => Outcome::Retry(m),
+                    Failure::Permanent(m) => Outcome::Refused(m),
+                }
+            }
+        })
+        .collect();
+    (outcomes, throttled)
+}
+
+/// Writes `records` (each `item` an index into the sink's batch) to `stream` with one
+/// PutRecords call and marks in `outcomes` what was not written: failed records are retried
+/// (throttling, internal failure) or refused (anything else); a call the service refuses
+/// naming one record refuses that record and retries the others; a throttled or failed call
+/// retries them all. Returns whether every record was settled without a retry. A call refused
+/// for good without naming a record (missing stream, access denied) is an error.
+pub async fn put_records(
+    ctx: &Context,
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    records: &[Outgoing<usize>],
+    outcomes: &mut Outcomes,
+) -> Result<bool> {
+    let entries = records
+        .iter()
+        .map(|r| {
+            PutRecordsRequestEntry::builder()
+                .data(Blob::new(r.data.to_vec()))
+                .partition_key(r.partition_key.clone())
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sent = client
+        .put_records()
+        .stream_name(stream)
+        .set_records(Some(entries))
+        .send()
+        .await;
+    let e = match sent {
+        Ok(out) => {
+            let (results, throttled) = record_outcomes(records.len(), out.records());
+            if throttled {
+                throttled_call(ctx, "PutRecords");
+            }
+            let mut all = true;
+            for (r, outcome) in records.iter().zip(results) {
+                match outcome {
+                    Outcome::Written => {}
+                    Outcome::Retry(why) => {
+                        all = false;
+                        outcomes.retry(r.item, why);
+                    }
+                    Outcome::Refused(why) => outcomes.refuse(r.item, why),
+                }
+            }
+            return Ok(all);
+        }
+        Err(e) => e,
+    };
+    let failure = classify(&e);
+    let named = validation_record_index(failure.message()).filter(|i| *i < records.len());
+    match (failure, named) {
+        (Failure::Permanent(m), Some(bad)) => {
+            // The call names the record it refuses (too large, bad key): refuse that one,
+            // send the others again.
+            for (i, r) in records.iter().enumerate() {
+                if i == bad {
+                    outcomes.refuse(r.item, m.clone());
+                } else {
+                    let why = "sent again without a record the service refused";
+                    outcomes.retry(r.item, why);
                 }
             }
         }
+        (Failure::Permanent(m), None) => bail!("PutRecords to stream `{stream}` failed: {m}"),
+        (f, _) => {
+            if matches!(f, Failure::Throttled(_)) {
+                throttled_call(ctx, "PutRecords");
+            } else {
+                ctx.metrics.reconnects.inc();
+                ctx.metrics.error("aws");
+            }
+            for r in records {
+                outcomes.retry(r.item, format!("PutRecords: {}", f.message()));
+            }
+        }
     }
-    out
-}
-
-/// Puts retried records back at the front of the queue, keeping their order.
-pub fn requeue_front<T>(queue: &mut VecDeque<Outgoing<T>>, records: Vec<Outgoing<T>>) {
-    for r in records.into_iter().rev() {
-        queue.push_front(r);
-    }
+    Ok(false)
 }
 
 /// The 0-based index of the record a request-level validation error names
@@ -238,7 +294,6 @@ mod tests {
             item: i,
             partition_key: "k".into(),
             data: Bytes::from(vec![b'x'; size]),
-            attempts: 0,
         }
     }
 
@@ -295,8 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn partial_failure_retries_only_failed_records_in_order() {
-        let batch: Vec<_> = (0..5).map(|i| rec(i, 10)).collect();
+    fn partial_failure_retries_only_failed_records() {
         let results = vec![
             ok("1"),
             err("ProvisionedThroughputExceededException"),
@@ -304,28 +358,20 @@ mod tests {
             err("InternalFailure"),
             err("KMSAccessDeniedException"),
         ];
-        let out = apply_results(batch, &results);
-        let w: Vec<u32> = out.written.iter().map(|r| r.item).collect();
-        let r: Vec<u32> = out.retry.iter().map(|r| r.item).collect();
-        assert_eq!(w, vec![0, 2]);
-        assert_eq!(r, vec![1, 3]);
-        assert_eq!(out.refused.len(), 1);
-        assert_eq!(out.refused[0].0.item, 4);
-        assert!(out.throttled);
-        assert!(out.retry.iter().all(|r| r.attempts == 1));
-
-        let mut q: VecDeque<_> = (10..12).map(|i| rec(i, 1)).collect();
-        requeue_front(&mut q, out.retry);
-        let order: Vec<u32> = q.iter().map(|r| r.item).collect();
-        assert_eq!(order, vec![1, 3, 10, 11]);
+        let (out, throttled) = record_outcomes(5, &results);
+        assert!(throttled);
+        assert_eq!(out[0], Outcome::Written);
+        assert!(matches!(&out[1], Outcome::Retry(m) if m.contains("ProvisionedThroughput")));
+        assert_eq!(out[2], Outcome::Written);
+        assert!(matches!(&out[3], Outcome::Retry(_)));
+        assert!(matches!(&out[4], Outcome::Refused(m) if m.contains("KMSAccessDenied")));
     }
 
     #[test]
     fn wrong_result_count_retries_everything() {
-        let batch: Vec<_> = (0..3).map(|i| rec(i, 10)).collect();
-        let out = apply_results(batch, &[ok("1")]);
-        assert_eq!(out.retry.len(), 3);
-        assert!(out.written.is_empty());
+        let (out, _) = record_outcomes(3, &[ok("1")]);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|o| matches!(o, Outcome::Retry(_))));
     }
 
     #[test]

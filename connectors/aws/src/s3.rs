@@ -1,5 +1,13 @@
 //! S3 helpers: object names, prefix placeholders, record formats, streaming compression and
 //! decompression, and splitting an object's bytes back into records with their offsets.
+//!
+//! - [`bucket`]: the parameters both binaries share and the client they make.
+//! - [`writer`]: s3_sink's objects (batch windows, multipart, in-order names per prefix).
+//! - [`reader`]: s3_source's listing, object streams and checkpoint.
+
+pub mod bucket;
+pub mod reader;
+pub mod writer;
 
 use std::io::Write;
 use std::str::FromStr;
