@@ -1,14 +1,21 @@
-//! Code shared by `rabbitmq_source` and `rabbitmq_sink`: connecting to the broker with
-//! back-off, telling configuration errors (stop) from outages (reconnect), the ledger that
-//! maps engine message ids to AMQP delivery tags, and matching messages the broker returned.
+//! Code shared by `rabbitmq_source` and `rabbitmq_sink`: checking parameters, telling
+//! configuration errors (stop) from outages (reconnect), the broker connection that is opened
+//! again after it was lost ([`Link`]), and matching messages the broker returned. The
+//! consuming side is in [`source`], the publishing side in [`sink`].
 
-use std::collections::VecDeque;
+use std::future::Future;
 
 use connector_runtime::prelude::*;
+use connector_runtime::ShuttingDown;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::ShortString;
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, ErrorKind};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub mod sink;
+pub mod source;
 
 /// The `amqpurl` default: RabbitMQ's guest account on loopback, vhost `/`.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -146,178 +153,175 @@ pub async fn close_quietly(conn: &Connection, why: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(200, why.into())).await;
 }
 
-/// Runs `attempt` until it succeeds, retrying transient failures with back-off (logged, and
-/// counted in `connector_reconnects_total` when `reconnect` is set). Returns `None` when
-/// shutdown was requested while waiting; fatal failures are returned as errors.
-pub async fn with_backoff<T, F, Fut>(
-    ctx: &Context,
-    what: &str,
-    reconnect: bool,
-    mut attempt: F,
-) -> Result<Option<T>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Failure>>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let started = tokio::time::Instant::now();
-    loop {
-        if ctx.is_shutting_down() {
-            return Ok(None);
-        }
-        let r = tokio::select! {
-            r = attempt() => r,
-            _ = ctx.shutdown.cancelled() => return Ok(None),
-        };
-        match r {
-            Ok(v) => {
-                if reconnect {
-                    ctx.metrics.reconnects.inc();
-                }
-                if backoff.attempts() > 0 || reconnect {
-                    tracing::warn!(
-                        "{what}: connected again after {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    );
-                }
-                return Ok(Some(v));
-            }
-            Err(Failure::Fatal(e)) => return Err(e),
-            Err(Failure::Transient(why)) => {
-                let delay = backoff.next_delay();
-                ctx.metrics.error("broker");
-                if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(10) {
-                    tracing::warn!(
-                        "{what}: {why}; retrying every {delay:?} (is RabbitMQ running?)"
-                    );
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = ctx.shutdown.cancelled() => return Ok(None),
-                }
-            }
-        }
-    }
-}
-
-/// Paces reconnects after a lost connection: a connection lost soon after it was opened (a
-/// broker that drops it again at once, for whatever reason) makes the next reconnect wait
-/// longer, doubling from 0.2 s to 5 s, so a reconnect loop never spins. A connection that
-/// lasted a minute starts over at 0.2 s.
-#[derive(Debug)]
-pub struct Reconnects {
-    backoff: Backoff,
-    opened: tokio::time::Instant,
-}
-
-impl Default for Reconnects {
-    fn default() -> Self {
-        Reconnects {
-            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
-            opened: tokio::time::Instant::now(),
-        }
-    }
-}
-
-impl Reconnects {
-    /// Notes that a connection was (re)opened now.
-    pub fn opened(&mut self) {
-        self.opened = tokio::time::Instant::now();
-    }
-
-    /// Waits before the next reconnect; `false` when shutdown was requested meanwhile.
-    pub async fn wait(&mut self, ctx: &Context) -> bool {
-        if self.opened.elapsed() >= Duration::from_secs(60) {
-            self.backoff.reset();
-        }
-        let delay = self.backoff.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = ctx.shutdown.cancelled() => false,
-        }
-    }
-}
-
-/// Nanoseconds since the Unix epoch: the first message id of a run. No process sends a
-/// billion messages a second, so ids of a new run start above every id of an earlier run
-/// (the engine drops ids that do not increase).
-pub fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// Maps the engine's message ids to AMQP delivery tags.
+/// A connector's broker connection, opened again after it was lost.
 ///
-/// Delivery tags restart at 1 on every channel, and a broker restart means a new channel, so
-/// tags cannot be message ids. Each delivery gets the next id of one running counter instead,
-/// and the ledger remembers `(id, channel epoch, tag)` until the engine acknowledges the id.
-#[derive(Debug)]
-pub struct Ledger {
-    next: u64,
-    entries: VecDeque<(u64, u64, u64)>,
+/// Safe to drive from a `read` the runtime may drop at any `.await`: an open in progress runs
+/// in its own task (a dropped call leaves it running, the next call picks it up) and the
+/// session is replaced only once an open completed. Every completed open starts a new epoch,
+/// so what belongs to a closed channel (delivery tags) can be told apart.
+///
+/// Pacing: failed attempts wait 0.2 s doubling to 5 s (logged on the first and every 10th);
+/// a connection lost soon after it was opened makes the next attempt wait longer, doubling
+/// from 0.2 s to 5 s, so a reconnect loop never spins; a connection that lasted a minute
+/// starts over at 0.2 s.
+pub struct Link<S> {
+    what: String,
+    session: Option<S>,
+    opening: Option<JoinHandle<Result<S, Failure>>>,
+    epoch: u64,
+    failures: Backoff,
+    pacing: Backoff,
+    retry_at: Option<Instant>,
+    opened_at: Instant,
+    down_since: Option<Instant>,
 }
 
-/// What to do after the engine acknowledged up to a point.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Settled {
-    /// `basic.ack(tag, multiple = true)` on the current channel, if any delivery of it is covered.
-    pub ack_tag: Option<u64>,
-    /// Deliveries covered on the current channel.
-    pub acked: usize,
-    /// Deliveries covered that came from an earlier, closed channel: the broker has already
-    /// put them back in the queue and will deliver them again (duplicates downstream).
-    pub stale: usize,
-}
-
-impl Ledger {
-    /// A ledger whose first id is `first_id`.
-    pub fn new(first_id: u64) -> Ledger {
-        Ledger {
-            next: first_id.max(1),
-            entries: VecDeque::new(),
+impl<S: AsRef<Connection> + Send + 'static> Link<S> {
+    /// A link with no session yet; `what` names the broker in logs ("RabbitMQ at URL").
+    pub fn new(what: String) -> Self {
+        let backoff = || Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        Link {
+            what,
+            session: None,
+            opening: None,
+            epoch: 0,
+            failures: backoff(),
+            pacing: backoff(),
+            retry_at: None,
+            opened_at: Instant::now(),
+            down_since: None,
         }
     }
 
-    /// Records a delivery of channel `epoch` and returns its message id.
-    pub fn record(&mut self, epoch: u64, tag: u64) -> u64 {
-        let id = self.next;
-        self.next += 1;
-        self.entries.push_back((id, epoch, tag));
-        id
+    /// The epoch of the current (or last) session: 1 for the first, +1 per reopen.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
-    /// The engine processed every id <= `point`: forget them and say which tag to acknowledge
-    /// on the channel of `epoch`. Tags of one channel arrive in increasing order and get
-    /// increasing ids, so the covered deliveries of a channel are exactly its tags up to the
-    /// highest covered one: one multiple-ack covers them all.
-    pub fn settle(&mut self, point: u64, epoch: u64) -> Settled {
-        let mut s = Settled::default();
-        while let Some(&(id, e, tag)) = self.entries.front() {
-            if id > point {
-                break;
-            }
-            self.entries.pop_front();
-            if e == epoch {
-                s.ack_tag = Some(tag);
-                s.acked += 1;
-            } else {
-                s.stale += 1;
+    /// The open session, if any.
+    pub fn session(&mut self) -> Option<&mut S> {
+        self.session.as_mut()
+    }
+
+    /// Waits until the next attempt is due (cancel safe).
+    pub async fn due(&self) {
+        if let Some(at) = self.retry_at {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
+    /// Returns the session, opening one with `open(epoch)` when there is none (one attempt,
+    /// without waiting for [`Link::due`]). `Ok(None)` after a failure that may pass (logged,
+    /// next attempt scheduled); `Err` when the broker rejects the configuration.
+    pub async fn open<F, Fut>(&mut self, ctx: &Context, open: F) -> Result<Option<&mut S>>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: Future<Output = Result<S, Failure>> + Send + 'static,
+    {
+        if self.session.is_none() {
+            let epoch = self.epoch + 1;
+            let task = self
+                .opening
+                .get_or_insert_with(|| tokio::spawn(open(epoch)));
+            let done = task.await;
+            self.opening = None;
+            match done.map_err(|e| anyhow!("connecting to {} failed: {e}", self.what))? {
+                Ok(session) => self.opened(ctx, session),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(why)) => {
+                    let delay = self.failures.next_delay();
+                    self.retry_at = Some(Instant::now() + delay);
+                    self.down_since.get_or_insert_with(Instant::now);
+                    ctx.metrics.error("broker");
+                    let n = self.failures.attempts();
+                    if n == 1 || n.is_multiple_of(10) {
+                        tracing::warn!(
+                            "{}: {why}; retrying every {delay:?} (is RabbitMQ running?)",
+                            self.what
+                        );
+                    }
+                }
             }
         }
-        s
+        Ok(self.session.as_mut())
     }
 
-    /// Deliveries sent to the engine and not yet acknowledged.
-    pub fn len(&self) -> usize {
-        self.entries.len()
+    fn opened(&mut self, ctx: &Context, session: S) {
+        if let Some(since) = self.down_since.take() {
+            if self.epoch > 0 {
+                ctx.metrics.reconnects.inc();
+            }
+            let secs = since.elapsed().as_secs_f64();
+            tracing::warn!("{}: connected again after {secs:.1} s", self.what);
+        }
+        self.epoch += 1;
+        self.session = Some(session);
+        self.failures.reset();
+        self.retry_at = None;
+        self.opened_at = Instant::now();
     }
 
-    /// Whether nothing is waiting for the engine.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    /// Opens the first session, waiting for the broker as long as it is unreachable. A
+    /// configuration error is returned; shutdown meanwhile is [`ShuttingDown`] (exit 0).
+    pub async fn first<F, Fut>(&mut self, ctx: &Context, open: F) -> Result<()>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = Result<S, Failure>> + Send + 'static,
+    {
+        let shutdown = ctx.shutdown.clone();
+        loop {
+            let attempt = async {
+                self.due().await;
+                Ok::<_, anyhow::Error>(self.open(ctx, &open).await?.is_some())
+            };
+            tokio::select! {
+                r = attempt => if r? { return Ok(()) },
+                _ = shutdown.cancelled() => return Err(ShuttingDown.into()),
+            }
+        }
     }
+
+    /// The connection failed (`why`): drop it (the broker takes back what it handed out) and
+    /// schedule the reconnect; `then` says what happens to the connector's work meanwhile.
+    pub fn lost(&mut self, why: &str, then: &str) {
+        tracing::warn!("lost the broker connection ({why}); {then}");
+        self.session = None;
+        if self.opened_at.elapsed() >= Duration::from_secs(60) {
+            self.pacing.reset();
+        }
+        self.retry_at = Some(Instant::now() + self.pacing.next_delay());
+        self.down_since = Some(Instant::now());
+    }
+
+    /// Closes the session (if any) for good.
+    pub async fn close(&mut self, why: &str) {
+        if let Some(task) = self.opening.take() {
+            task.abort();
+        }
+        if let Some(session) = self.session.take() {
+            close_quietly(session.as_ref(), why).await;
+        }
+    }
+}
+
+/// Resolves once `conn` is no longer connected (checked twice a second): an operation queued
+/// just as lapin's connection died may never be answered, so long waits race this.
+pub async fn closed(conn: &Connection) {
+    while conn.status().connected() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One connection attempt for `--check`: a failure of any kind is the check's reason.
+pub async fn probe<S: AsRef<Connection>>(
+    open: impl Future<Output = Result<S, Failure>>,
+) -> Result<()> {
+    let session = open.await.map_err(|f| match f {
+        Failure::Fatal(e) => e,
+        Failure::Transient(why) => anyhow!("{why}"),
+    })?;
+    close_quietly(session.as_ref(), "check done").await;
+    Ok(())
 }
 
 /// Finds which published messages the broker returned (unroutable with `mandatory`).
@@ -348,30 +352,6 @@ pub fn match_returned(published: &[(&str, &[u8])], returned: &[(String, Vec<u8>)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ledger_acks_highest_tag_of_current_channel_only() {
-        let mut l = Ledger::new(100);
-        let a = l.record(1, 1);
-        let b = l.record(1, 2);
-        assert_eq!((a, b), (100, 101));
-        // Channel 1 died; channel 2 starts its tags at 1 again.
-        let c = l.record(2, 1);
-        let d = l.record(2, 2);
-        assert!(c > b && d > c);
-        assert_eq!(
-            l.settle(c, 2),
-            Settled {
-                ack_tag: Some(1),
-                acked: 1,
-                stale: 2
-            }
-        );
-        assert_eq!(l.len(), 1);
-        assert_eq!(l.settle(c, 2), Settled::default());
-        assert_eq!(l.settle(u64::MAX - 1, 2).ack_tag, Some(2));
-        assert!(l.is_empty());
-    }
 
     #[test]
     fn returned_messages_match_by_key_and_body_once_each() {
