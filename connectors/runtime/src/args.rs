@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Result};
 use application::{Application, ConnectorConfig, Direction};
@@ -120,37 +119,6 @@ impl Params {
         self.values.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// The value, or an error naming the flag to pass.
-    pub fn required(&self, name: &str) -> Result<&str> {
-        self.get(name)
-            .ok_or_else(|| anyhow!("missing parameter --{}-{name}", self.connector))
-    }
-
-    /// The value parsed as `T`, if given.
-    pub fn parse<T>(&self, name: &str) -> Result<Option<T>>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => {
-                v.trim().parse::<T>().map(Some).map_err(|e| {
-                    anyhow!("invalid value {v:?} for --{}-{name}: {e}", self.connector)
-                })
-            }
-        }
-    }
-
-    /// The value parsed as `T`, or `default` when absent.
-    pub fn parse_or<T>(&self, name: &str, default: T) -> Result<T>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        Ok(self.parse(name)?.unwrap_or(default))
-    }
-
     /// A boolean parameter (`true/false`, `yes/no`, `1/0`, `on/off`); absent is `false`.
     pub fn flag(&self, name: &str) -> Result<bool> {
         match self.get(name).map(|v| v.trim().to_ascii_lowercase()) {
@@ -164,19 +132,6 @@ impl Params {
                 ),
             },
         }
-    }
-
-    /// A comma-separated list parameter, trimmed, empty items dropped.
-    pub fn list(&self, name: &str) -> Vec<String> {
-        self.get(name)
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// Builds parameters directly (for tests and embedding).
@@ -676,7 +631,7 @@ mod tests {
             params.all("option"),
             &["a=1".to_string(), "b=2".to_string()]
         );
-        assert_eq!(params.parse::<u16>("port").unwrap(), Some(6789));
+        assert_eq!(params.get("port"), Some("6789"));
     }
 
     #[test]
@@ -797,12 +752,10 @@ mod tests {
     }
 
     #[test]
-    fn flags_and_lists() {
+    fn flags() {
         let p = Params::from_pairs("c", &[("a", "yes"), ("b", "x, y,,z"), ("n", "abc")]);
         assert!(p.flag("a").unwrap());
         assert!(!p.flag("missing").unwrap());
-        assert_eq!(p.list("b"), vec!["x", "y", "z"]);
-        let e = p.parse::<u32>("n").unwrap_err().to_string();
-        assert!(e.contains("--c-n"), "{e}");
+        assert!(p.flag("n").unwrap_err().to_string().contains("--c-n"));
     }
 }

@@ -17,8 +17,8 @@ pub struct Context {
     pub program: &'static str,
     /// The connector name (`--connector`).
     pub connector: String,
-    /// Resolved `--NAME-PARAM` parameters.
-    pub params: Params,
+    /// Resolved `--NAME-PARAM` parameters, as strings (connectors get them typed).
+    pub(crate) params: Params,
     /// The application description, when one was given.
     pub app: Option<Application>,
     /// Standard metrics (add your own series to `metrics.registry`).

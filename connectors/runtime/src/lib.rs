@@ -1,19 +1,23 @@
 //! The library every connector binary is written against.
 //!
-//! A connector file stays short because everything generic lives here:
+//! A connector file only talks to its external system; everything about delivery lives here:
+//! - [`connector`]: the two traits a connector implements, [`SourceConnector`] (read records
+//!   into a [`Batch`], commit the tokens the engine acknowledged) and [`SinkConnector`] (write
+//!   a batch, say per record written / retry / refused), and the drivers that run them.
+//! - [`client`]: the source side of the protocol: the engine connection, credits, one
+//!   [`ledger`] per stream (frames for replay, commit tokens), reconnect, replay, EOS; or
+//!   standard output with `--to stdout`.
+//! - [`sink`]: the sink server the engine connects to (or standard input with `--from stdin`).
 //! - [`args`]: the seed's argument conventions (`--application-module`, `--connector NAME`,
-//!   `--NAME-PARAM`, `[..connectors.NAME.params]`, `NAME_PARAM` environment variables).
-//! - [`source`]: the source client (`notify`, `write`, `flush`, `eos`, acknowledgements),
-//!   with reconnect and replay of unacknowledged messages, or `--to stdout`.
-//! - [`sink`]: the sink server (`read_batch`, `ack`), or `--from stdin`.
-//! - [`acks`]: turning out-of-order confirmations into in-order acknowledgement points.
-//! - [`backoff`], [`deadletter`], [`format`], [`metrics`], [`check`].
+//!   `--NAME-PARAM`, `[..connectors.NAME.params]`, `NAME_PARAM` environment variables), filled
+//!   into the connector's `#[derive(clap::Parser)]` parameters struct.
+//! - [`backoff`], [`deadletter`], [`format`], [`metrics`], [`check`], [`transport`].
 //!
-//! Entry points: [`source()`] and [`sink()`] return a [`ConnectorBuilder`]; `.run(body)`
-//! parses arguments, sets up logging, metrics and signals, connects, runs the body and turns
-//! its result into an exit code with a one-line reason.
+//! Entry points: [`source()`] and [`sink()`]; `.run(start)` parses arguments, sets up
+//! logging, metrics and signals, calls `start` with the typed parameters to open the external
+//! system, drives the connector it returns and turns the result into an exit code with a
+//! one-line reason.
 
-pub mod acks;
 pub mod args;
 pub mod backoff;
 pub mod batch;
@@ -27,11 +31,9 @@ pub mod ledger;
 pub mod metrics;
 pub mod run;
 pub mod sink;
-pub mod source;
 pub mod transport;
 mod typed;
 
-pub use acks::InOrderAcks;
 pub use args::{ConnectorSpec, Param, Params};
 pub use backoff::Backoff;
 pub use batch::Batch;
@@ -39,9 +41,8 @@ pub use check::Check;
 pub use client::{OutputClosed, ShuttingDown, StreamHandle};
 pub use connector::{Batching, Outcome, Outcomes, SinkConnector, SourceConnector};
 pub use context::Context;
-pub use run::{legacy_sink, legacy_source, sink, source, Connector, ConnectorBuilder};
+pub use run::{sink, source, Connector};
 pub use sink::{Sink, SinkMessage};
-pub use source::{Acked, Acks, Source, Written, IDLE_FLUSH};
 
 pub use telemetry::{Counter, Gauge};
 
@@ -57,9 +58,8 @@ pub fn unix_nanos() -> u64 {
 /// Everything a connector file usually needs, in one import.
 pub mod prelude {
     pub use crate::{
-        Acked, Acks, Backoff, Batch, Batching, Check, ConnectorSpec, Context, Counter, Gauge,
-        InOrderAcks, Outcomes, Param, Params, Sink, SinkConnector, SinkMessage, Source,
-        SourceConnector, StreamHandle, Written, IDLE_FLUSH,
+        Backoff, Batch, Batching, Check, Context, Counter, Gauge, Outcomes, SinkConnector,
+        SinkMessage, SourceConnector, StreamHandle,
     };
     pub use anyhow::{anyhow, bail, Context as _, Result};
     pub use application::Direction;

@@ -21,57 +21,12 @@ use crate::connector::{self, SinkConnector, SourceConnector};
 use crate::context::Context;
 use crate::metrics::ConnectorMetrics;
 use crate::sink::{Sink, SinkServerConfig};
-use crate::source::Source;
 use crate::transport;
 use crate::typed;
 use clap::{CommandFactory, FromArgMatches};
 
 type TypedCheckFn<P> = Box<dyn FnOnce(Context, P) -> Pin<Box<dyn Future<Output = Vec<Check>>>>>;
 type CheckFn = Box<dyn FnOnce(Context) -> Pin<Box<dyn Future<Output = Vec<Check>>>>>;
-
-/// Builds and runs a connector binary. `T` is [`Source`] or [`Sink`].
-pub struct ConnectorBuilder<T> {
-    spec: ConnectorSpec,
-    check: Option<CheckFn>,
-    _kind: PhantomData<T>,
-}
-
-/// Starts describing a source connector binary (string-looked-up parameters).
-pub fn legacy_source(spec: ConnectorSpec) -> ConnectorBuilder<Source> {
-    ConnectorBuilder {
-        spec: ConnectorSpec {
-            direction: Direction::Source,
-            ..spec
-        },
-        check: None,
-        _kind: PhantomData,
-    }
-}
-
-/// Starts describing a sink connector binary (string-looked-up parameters).
-pub fn legacy_sink(spec: ConnectorSpec) -> ConnectorBuilder<Sink> {
-    ConnectorBuilder {
-        spec: ConnectorSpec {
-            direction: Direction::Sink,
-            ..spec
-        },
-        check: None,
-        _kind: PhantomData,
-    }
-}
-
-impl<T> ConnectorBuilder<T> {
-    /// Adds the connector's own `--check` (reach the external system, find the
-    /// topic/queue/bucket/table, ...), run after the runtime's checks.
-    pub fn check<F, Fut>(mut self, f: F) -> Self
-    where
-        F: FnOnce(Context) -> Fut + 'static,
-        Fut: Future<Output = Vec<Check>> + 'static,
-    {
-        self.check = Some(Box::new(move |ctx| Box::pin(f(ctx))));
-        self
-    }
-}
 
 /// Parses the arguments and sets up logging, the runtime, metrics and the context.
 fn start(spec: &ConnectorSpec) -> Result<Option<(Context, tokio::runtime::Runtime)>> {
@@ -87,51 +42,6 @@ fn start(spec: &ConnectorSpec) -> Result<Option<(Context, tokio::runtime::Runtim
     let shutdown = CancellationToken::new();
     let ctx = Context::new(spec.program, options, params, metrics, shutdown)?;
     Ok(Some((ctx, rt)))
-}
-
-impl ConnectorBuilder<Source> {
-    /// Runs the source: `body` gets the context and a connected [`Source`].
-    pub fn run<F, Fut>(self, body: F) -> ExitCode
-    where
-        F: FnOnce(Context, Source) -> Fut,
-        Fut: Future<Output = Result<()>>,
-    {
-        let check = self.check;
-        let spec = self.spec;
-        run_main(spec, check, |ctx| async move {
-            let mut source = match ctx.options.output {
-                Output::Stdout => Source::stdout(ctx.options.format, ctx.metrics.clone()),
-                Output::Engine => Source::engine(
-                    engine_endpoint(&ctx)?,
-                    hello(&ctx),
-                    ctx.options.max_frame,
-                    ctx.metrics.clone(),
-                    ctx.shutdown.clone(),
-                ),
-            };
-            source.set_dead_letters(ctx.dead_letters());
-            body(ctx, source).await
-        })
-    }
-}
-
-impl ConnectorBuilder<Sink> {
-    /// Runs the sink: `body` gets the context and a listening [`Sink`].
-    pub fn run<F, Fut>(self, body: F) -> ExitCode
-    where
-        F: FnOnce(Context, Sink) -> Fut,
-        Fut: Future<Output = Result<()>>,
-    {
-        let check = self.check;
-        let spec = self.spec;
-        run_main(spec, check, |ctx| async move {
-            let input_error: Arc<Mutex<Option<String>>> = Arc::default();
-            let sink = open_sink(&ctx, input_error.clone()).await?;
-            body(ctx, sink).await?;
-            // The body saw the end of input; say so if it ended on an unreadable record.
-            bad_input(&input_error)
-        })
-    }
 }
 
 /// HELLO as this connector says it.
