@@ -1,11 +1,13 @@
 //! Throughput benchmark: 100-byte messages, source client -> engine -> sink server on
 //! loopback, acknowledgements on (the source counts only what came back acknowledged).
 //!
-//! `cargo bench -p engine --bench throughput -- [uds|tcp|both] [MESSAGES]`
+//! `cargo bench -p engine --bench throughput -- [uds|tcp|both] [MESSAGES] [relay]`
 //!
 //! The source and sink are raw-framing peers on their own threads with blocking sockets and
 //! 256 KiB batched writes; the engine runs in-process on its own thread (current_thread
-//! runtime), exactly as the `engine` binary does.
+//! runtime), exactly as the `engine` binary does. With `relay`, a bare two-hop relay takes the
+//! engine's place (every MESSAGE parsed and re-encoded, the sink's ACKs passed back as they
+//! are): the ceiling of any source -> middle -> sink path on this machine.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -248,6 +250,140 @@ fn thread_cpu(name: &str) -> f64 {
     total
 }
 
+/// Reads complete frames into `(tag, body)` until `want` of them came.
+fn read_n(s: &mut dyn Sock, b: &mut RBuf, want: usize) -> Vec<(u8, Vec<u8>)> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        assert!(
+            read_frames(s, b, |t, body| got.push((t, body.to_vec()))),
+            "peer closed"
+        );
+    }
+    got
+}
+
+/// The bare relay in the engine's place: handshakes with both peers, then one thread moves
+/// MESSAGE frames source -> sink (parsed and re-encoded) and one moves ACKs sink -> source.
+fn relay(mut src: Box<dyn Sock>, mut snk: Box<dyn Sock>) {
+    let mut sb = RBuf::new();
+    read_n(&mut *src, &mut sb, 1); // HELLO
+    src.write_all(&frame_bytes(&Frame::Ok {
+        initial_credits: 65536,
+    }))
+    .unwrap();
+    let notify = read_n(&mut *src, &mut sb, 1);
+    let stream = u64::from_be_bytes(notify[0].1[0..8].try_into().unwrap());
+    src.write_all(&frame_bytes(&Frame::NotifyAck {
+        success: true,
+        stream_id: stream,
+        point_of_ref: u64::MAX,
+    }))
+    .unwrap();
+    snk.write_all(&frame_bytes(&Frame::Hello(Hello {
+        version: "0.0.1".into(),
+        cookie: String::new(),
+        program_name: "relay".into(),
+        instance_name: "relay".into(),
+    })))
+    .unwrap();
+    snk.write_all(&frame_bytes(&Frame::Notify {
+        stream_id: stream,
+        stream_name: "bench".into(),
+        point_of_ref: u64::MAX,
+    }))
+    .unwrap();
+    let mut kb = RBuf::new();
+    read_n(&mut *snk, &mut kb, 2); // OK, NOTIFY_ACK
+    let (mut src_w, mut snk_r) = (src.dup(), snk.dup());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256 * 1024];
+        while let Ok(n) = snk_r.read(&mut buf) {
+            if n == 0 || src_w.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = BytesMut::with_capacity(300 * 1024);
+    loop {
+        out.clear();
+        let ok = read_frames(&mut *src, &mut sb, |tag, body| {
+            if tag == 5 {
+                if let Ok(m) = framing::MessageView::parse(body) {
+                    let _ = framing::encode_message(
+                        &mut out,
+                        m.stream_id,
+                        m.message_id,
+                        m.event_time,
+                        m.key,
+                        m.payload,
+                    );
+                }
+            }
+        });
+        if !ok || (!out.is_empty() && snk.write_all(&out).is_err()) {
+            return;
+        }
+    }
+}
+
+/// A listener and a way to connect to it, for `kind` (uds or tcp).
+fn endpoint(
+    kind: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> (Acceptor, Box<dyn Fn() -> Box<dyn Sock> + Send>) {
+    if kind == "uds" {
+        let path = dir.join(name);
+        let l = UnixListener::bind(&path).unwrap();
+        (
+            Box::new(move || Box::new(l.accept().unwrap().0) as Box<dyn Sock>),
+            Box::new(move || Box::new(UnixStream::connect(&path).unwrap()) as Box<dyn Sock>),
+        )
+    } else {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        (
+            Box::new(move || {
+                let s = l.accept().unwrap().0;
+                s.set_nodelay(true).unwrap();
+                Box::new(s) as Box<dyn Sock>
+            }),
+            Box::new(move || {
+                let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_nodelay(true).unwrap();
+                Box::new(s) as Box<dyn Sock>
+            }),
+        )
+    }
+}
+
+/// The same measurement with the bare relay in the engine's place.
+fn run_relay(kind: &str, n: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (sink_accept, sink_connect) = endpoint(kind, dir.path(), "sink.sock");
+    let (relay_accept, relay_connect) = endpoint(kind, dir.path(), "relay.sock");
+    let sink_thread = std::thread::spawn(move || sink(sink_accept()));
+    let relay_thread = std::thread::Builder::new()
+        .name("relay".into())
+        .spawn(move || {
+            let snk = sink_connect();
+            relay(relay_accept(), snk)
+        })
+        .unwrap();
+    let cpu0 = thread_cpu("relay");
+    let elapsed = source(relay_connect(), n);
+    let cpu = thread_cpu("relay") - cpu0;
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "relay-{kind}: {n} messages of {PAYLOAD} B in {secs:.2} s: {:.2} M msgs/s, {:.0} MB/s payload (acked end to end); relay thread CPU {cpu:.2} s = {:.0} ns/msg",
+        n as f64 / secs / 1e6,
+        n as f64 * PAYLOAD as f64 / secs / 1e6,
+        cpu * 1e9 / n as f64
+    );
+    drop(relay_thread);
+    drop(sink_thread);
+}
+
 fn run(kind: &str, n: u64) {
     let dir = tempfile::tempdir().unwrap();
     let (src_conf, sink_conf, sink_listener): (String, String, Acceptor) = if kind == "uds" {
@@ -327,10 +463,15 @@ fn main() {
         .get(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000_000);
+    let middle = if args.get(2).is_some_and(|a| a == "relay") {
+        run_relay
+    } else {
+        run
+    };
     if kind == "uds" || kind == "both" {
-        run("uds", n);
+        middle("uds", n);
     }
     if kind == "tcp" || kind == "both" {
-        run("tcp", n);
+        middle("tcp", n);
     }
 }
