@@ -22,9 +22,12 @@ use std::time::Duration;
 use anyhow::Result;
 use application::Endpoint;
 use bytes::{Bytes, BytesMut};
-use framing::{check_hello, Credits, Frame, ProtocolCodec, StreamTable, NOTHING_PROCESSED};
+use framing::{
+    check_hello, frame_len, split_frame, Credits, Frame, MessageView, ProtocolCodec, StreamTable,
+    NOTHING_PROCESSED,
+};
 use futures::{FutureExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -397,37 +400,49 @@ impl Session {
         wbuf.clear();
         self.metrics.credits.set(credits.balance() as i64);
         let mut streams = StreamTable::default();
+        // From here on frames are read in place from the connection's buffer.
+        let parts = framed.into_parts();
+        let (mut rd, mut buf) = (parts.io, parts.read_buf);
+        buf.reserve(256 * 1024);
         // Ids delivered to the connector and not yet acknowledged, per stream.
         let mut outstanding: StreamMap<VecDeque<u64>> = StreamMap::default();
         loop {
             tokio::select! {
-                frame = framed.next() => {
-                    let mut batch = Vec::new();
-                    let mut next = frame;
+                n = rd.read_buf(&mut buf) => {
+                    let n = n.map_err(|e| e.to_string())?;
+                    // The complete frames at the front of the buffer, read in place.
+                    let mut end = 0;
+                    let mut bad = None;
                     loop {
-                        match next {
-                            None => {
-                                self.deliver(batch).await?;
-                                return Ok(());
+                        match frame_len(&buf[end..], self.config.max_frame) {
+                            Ok(Some(total)) if end + total <= buf.len() => end += total,
+                            Ok(Some(total)) => {
+                                buf.reserve(total - (buf.len() - end));
+                                break;
                             }
-                            Some(Err(e)) => {
-                                self.deliver(batch).await?;
-                                return Err(self.refuse(&mut write, &e.to_string()).await);
-                            }
-                            Some(Ok(f)) => {
-                                if let Err(why) = self.on_frame(f, &mut credits, &mut streams, &mut outstanding, &mut batch, &mut wbuf) {
-                                    self.deliver(batch).await?;
-                                    return Err(self.refuse(&mut write, &why).await);
-                                }
+                            Ok(None) => break,
+                            Err(e) => {
+                                bad = Some(e.to_string());
+                                break;
                             }
                         }
-                        if batch.len() >= MAX_BATCH {
-                            break;
+                    }
+                    let chunk = buf.split_to(end).freeze();
+                    let mut batch = Vec::new();
+                    let applied = self.on_chunk(&chunk, &mut credits, &mut streams, &mut outstanding, &mut batch, &mut wbuf);
+                    if let Some(why) = applied.err().or(bad) {
+                        self.deliver(batch).await?;
+                        return Err(self.refuse(&mut write, &why).await);
+                    }
+                    if n == 0 {
+                        self.deliver(batch).await?;
+                        if !buf.is_empty() {
+                            return Err(format!("connection closed inside a frame ({} bytes of it)", buf.len()));
                         }
-                        match framed.next().now_or_never() {
-                            Some(n) => next = n,
-                            None => break,
-                        }
+                        return Ok(());
+                    }
+                    if buf.capacity() - buf.len() < 64 * 1024 {
+                        buf.reserve(256 * 1024);
                     }
                     if !wbuf.is_empty() {
                         write.write_all(&wbuf).await.map_err(|e| e.to_string())?;
@@ -513,42 +528,15 @@ impl Session {
                 .map_err(|e| e.to_string())?;
                 Ok(())
             }
-            Frame::Message(m) => {
-                if !credits.spend() {
-                    return Err("credits overspent: MESSAGE sent with no credit left".into());
-                }
-                let fresh = streams
-                    .accept(m.stream_id, m.message_id)
-                    .map_err(|e| e.to_string())?;
-                if !fresh {
-                    // Already delivered: give the credit back and re-acknowledge what we know.
-                    credits.grant(1);
-                    let known = self
-                        .delivered
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&m.stream_id)
-                        .copied();
-                    let acks = known.map(|p| vec![(m.stream_id, p)]).unwrap_or_default();
-                    Frame::Ack { credits: 1, acks }
-                        .encode(wbuf)
-                        .map_err(|e| e.to_string())?;
-                    return Ok(());
-                }
-                outstanding
-                    .entry(m.stream_id)
-                    .or_default()
-                    .push_back(m.message_id);
-                batch.push(SinkMessage {
-                    stream_id: m.stream_id,
-                    message_id: m.message_id,
-                    event_time: m.event_time,
-                    key: m.key,
-                    payload: m.payload,
-                    conn: self.conn,
-                });
-                Ok(())
-            }
+            Frame::Message(m) => self.on_message(
+                m.view(),
+                (m.key.clone(), m.payload.clone()),
+                credits,
+                streams,
+                outstanding,
+                batch,
+                wbuf,
+            ),
             Frame::Eos { stream_id } => streams
                 .close(stream_id)
                 .map(|_| ())
@@ -558,6 +546,88 @@ impl Session {
                 other.tag()
             )),
         }
+    }
+
+    /// Applies one MESSAGE (`data` = its key and payload, sharing the read buffer).
+    #[allow(clippy::too_many_arguments)]
+    fn on_message(
+        &self,
+        m: MessageView<'_>,
+        data: (Bytes, Bytes),
+        credits: &mut Credits,
+        streams: &mut StreamTable,
+        outstanding: &mut StreamMap<VecDeque<u64>>,
+        batch: &mut Vec<SinkMessage>,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), String> {
+        if !credits.spend() {
+            return Err("credits overspent: MESSAGE sent with no credit left".into());
+        }
+        let fresh = streams
+            .accept(m.stream_id, m.message_id)
+            .map_err(|e| e.to_string())?;
+        if !fresh {
+            // Already delivered: give the credit back and re-acknowledge what we know.
+            credits.grant(1);
+            let known = self
+                .delivered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&m.stream_id)
+                .copied();
+            let acks = known.map(|p| vec![(m.stream_id, p)]).unwrap_or_default();
+            Frame::Ack { credits: 1, acks }
+                .encode(wbuf)
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        outstanding
+            .entry(m.stream_id)
+            .or_default()
+            .push_back(m.message_id);
+        batch.push(SinkMessage {
+            stream_id: m.stream_id,
+            message_id: m.message_id,
+            event_time: m.event_time,
+            key: data.0,
+            payload: data.1,
+            conn: self.conn,
+        });
+        Ok(())
+    }
+
+    /// Applies every complete frame of `chunk` (whole frames only); MESSAGE frames are read
+    /// in place and their key and payload share `chunk`.
+    #[allow(clippy::too_many_arguments)]
+    fn on_chunk(
+        &self,
+        chunk: &Bytes,
+        credits: &mut Credits,
+        streams: &mut StreamTable,
+        outstanding: &mut StreamMap<VecDeque<u64>>,
+        batch: &mut Vec<SinkMessage>,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), String> {
+        let mut at = 0;
+        while let Some((body, total)) = split_frame(&chunk[at..], usize::MAX).ok().flatten() {
+            at += total;
+            match MessageView::from_frame_body(body).map_err(|e| e.to_string())? {
+                Some(m) => {
+                    let key = if m.key.is_empty() {
+                        Bytes::new()
+                    } else {
+                        chunk.slice_ref(m.key)
+                    };
+                    let data = (key, chunk.slice_ref(m.payload));
+                    self.on_message(m, data, credits, streams, outstanding, batch, wbuf)?;
+                }
+                None => {
+                    let f = Frame::decode(chunk.slice_ref(body)).map_err(|e| e.to_string())?;
+                    self.on_frame(f, credits, streams, outstanding, batch, wbuf)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Counts a protocol error, sends ERROR (best effort) and returns the reason.
