@@ -107,6 +107,13 @@ pub struct Outcomes {
 }
 
 impl Outcomes {
+    /// `n` outcomes, all [`Outcome::Written`] (for a connector's unit tests).
+    pub fn new(n: usize) -> Self {
+        let mut o = Outcomes::default();
+        o.reset(n);
+        o
+    }
+
     fn reset(&mut self, n: usize) {
         self.list.clear();
         self.list.resize(n, Outcome::Written);

@@ -67,7 +67,14 @@ pub(crate) fn parse_params<P: CommandFactory + FromArgMatches>(params: &Params) 
             }
             continue;
         }
-        for v in params.all(id) {
+        let values = params.all(id);
+        // A one-value parameter given twice (an argument list shared by several processes,
+        // then one more): the last one wins, as on the command line of most tools.
+        let values = match arg.get_action() {
+            ArgAction::Append => values,
+            _ => &values[values.len().saturating_sub(1)..],
+        };
+        for v in values {
             argv.push(format!("--{long}={v}"));
         }
     }
@@ -145,6 +152,12 @@ mod tests {
         assert_eq!((p.port, p.host.as_str(), p.declare), (7, "127.0.0.1", true));
         assert_eq!(p.option, vec!["a=1", "b=2"]);
         assert_eq!(p.group, None);
+        let twice = Params::from_pairs("in", &[("port", "7"), ("port", "8")]);
+        assert_eq!(
+            parse_params::<P>(&twice).unwrap().port,
+            8,
+            "the last one wins"
+        );
         let bad = Params::from_pairs("in", &[("port", "x")]);
         let e = parse_params::<P>(&bad).unwrap_err().to_string();
         assert!(e.contains("--in-port"), "{e}");
