@@ -130,6 +130,8 @@ pub struct SourceClient<T> {
     /// The last NOTIFY_ACK seen, for the NOTIFY waiting for it.
     notify_answer: Option<(u64, bool, u64)>,
     skipped: telemetry::Counter,
+    /// Chunks written so far (numbers the chunks the ledgers keep for replay).
+    chunks_sent: u64,
 }
 
 impl<T> SourceClient<T> {
@@ -178,6 +180,7 @@ impl<T> SourceClient<T> {
             dead_letters: None,
             notify_answer: None,
             skipped,
+            chunks_sent: 0,
         }
     }
 
@@ -296,7 +299,7 @@ impl<T> SourceClient<T> {
                 self.skipped.inc();
                 let token = self.drop_front(batch);
                 if let Some(open) = self.streams.get_mut(&stream) {
-                    open.ledger.push(id, None, token);
+                    open.ledger.push_done(id, token);
                     open.ledger.release(&mut self.released);
                 }
                 continue;
@@ -360,10 +363,12 @@ impl<T> SourceClient<T> {
                 written.push(token);
             } else if let Some(open) = self.streams.get_mut(&stream) {
                 open.skip_upto = None;
-                open.ledger.push(id, Some(chunk.slice(at..at + len)), token);
+                open.ledger
+                    .push_sent(id, self.chunks_sent, &chunk, at, len, token);
             }
             at += len;
         }
+        self.chunks_sent += 1;
         self.metrics.messages_out.add(n as u64);
         self.metrics.bytes_out.add(payload_bytes as u64);
         match &mut self.link {
@@ -425,7 +430,7 @@ impl<T> SourceClient<T> {
             "message {id} of stream `{name}` set aside in the dead-letter directory: {reason}"
         );
         if let Some(open) = self.streams.get_mut(&stream) {
-            open.ledger.push(id, None, token);
+            open.ledger.push_done(id, token);
             open.ledger.release(&mut self.released);
         }
         Ok(())
@@ -817,7 +822,7 @@ impl<T> SourceClient<T> {
                 self.metrics.acked.add(n as u64);
                 self.metrics.in_flight.add(-(n as i64));
             }
-            let replay: Vec<Bytes> = s.ledger.unacked_frames().cloned().collect();
+            let replay: Vec<Bytes> = s.ledger.unacked_frames().collect();
             let mut buf = BytesMut::new();
             for frame in replay {
                 self.wait_for_credit().await?;

@@ -295,25 +295,30 @@ pub(crate) async fn run_sink<K: SinkConnector>(
     let mut outcomes = Outcomes::default();
     let mut backoff = Backoff::default();
     while let Some(batch) = sink.read_batch_linger(batching.max, batching.linger).await {
-        let mut todo = batch.clone();
+        // The batch itself first; then only the records to write again.
+        let mut retry: Option<Vec<SinkMessage>> = None;
         loop {
+            let todo = retry.as_deref().unwrap_or(&batch);
             outcomes.reset(todo.len());
-            connector.write(&todo, &mut outcomes).await?;
-            let mut retry = Vec::new();
+            connector.write(todo, &mut outcomes).await?;
+            let (mut written, mut bytes) = (0u64, 0u64);
+            let mut again = Vec::new();
             let mut why_retry = None;
-            for (msg, outcome) in todo.into_iter().zip(outcomes.list.drain(..)) {
+            for (msg, outcome) in todo.iter().zip(outcomes.list.drain(..)) {
                 match outcome {
                     Outcome::Written => {
-                        ctx.metrics.messages_out.inc();
-                        ctx.metrics.bytes_out.add(msg.payload.len() as u64);
+                        written += 1;
+                        bytes += msg.payload.len() as u64;
                     }
-                    Outcome::Refused(reason) => ctx.dead_letter(&msg, &reason).await?,
+                    Outcome::Refused(reason) => ctx.dead_letter(msg, &reason).await?,
                     Outcome::Retry(why) => {
                         why_retry.get_or_insert(why);
-                        retry.push(msg);
+                        again.push(msg.clone());
                     }
                 }
             }
+            ctx.metrics.messages_out.add(written);
+            ctx.metrics.bytes_out.add(bytes);
             let Some(why) = why_retry else {
                 backoff.reset();
                 break;
@@ -323,7 +328,7 @@ pub(crate) async fn run_sink<K: SinkConnector>(
             if backoff.attempts() == 1 || backoff.attempts() % 10 == 0 {
                 tracing::warn!(
                     "{} records not written ({why}); writing them again in {delay:?} (attempt {})",
-                    retry.len(),
+                    again.len(),
                     backoff.attempts()
                 );
             }
@@ -332,7 +337,7 @@ pub(crate) async fn run_sink<K: SinkConnector>(
                 // Not acknowledged: the engine sends them again to the next sink.
                 _ = ctx.shutdown.cancelled() => return connector.close().await,
             }
-            todo = retry;
+            retry = Some(again);
         }
         sink.ack_all(&batch);
     }
