@@ -27,19 +27,25 @@ pub(crate) enum Item<T> {
     Encoded {
         stream: u64,
         id: u64,
-        len: usize,
-        payload: usize,
+        len: u32,
+        payload: u32,
         token: T,
     },
-    /// The protocol cannot carry it: for the dead-letter directory, or a stop.
+    /// The protocol cannot carry it: for the dead-letter directory, or a stop. Rare, so its
+    /// contents are boxed to keep every item small.
     Unsendable {
         stream: u64,
         id: u64,
-        key: Bytes,
-        payload: Bytes,
-        reason: String,
+        record: Box<Unsendable>,
         token: T,
     },
+}
+
+/// What is kept of a record the protocol cannot carry.
+pub(crate) struct Unsendable {
+    pub(crate) key: Bytes,
+    pub(crate) payload: Bytes,
+    pub(crate) reason: String,
 }
 
 /// Records, stream openings and stream ends from one call of the connector's `read`. The
@@ -107,9 +113,11 @@ impl<T> Batch<T> {
                     self.items.push_back(Item::Unsendable {
                         stream,
                         id,
-                        key: Bytes::copy_from_slice(key),
-                        payload: Bytes::copy_from_slice(payload),
-                        reason,
+                        record: Box::new(Unsendable {
+                            key: Bytes::copy_from_slice(key),
+                            payload: Bytes::copy_from_slice(payload),
+                            reason,
+                        }),
                         token,
                     });
                     return;
@@ -119,12 +127,13 @@ impl<T> Batch<T> {
             }
             Encoding::Text(format) => format.encode(key, payload, &mut self.buf),
         }
-        let len = self.buf.len() - start;
+        // Both fit: a frame's length is a u32 on the wire.
+        let len = (self.buf.len() - start) as u32;
         self.items.push_back(Item::Encoded {
             stream,
             id,
             len,
-            payload: payload.len(),
+            payload: payload.len() as u32,
             token,
         });
     }

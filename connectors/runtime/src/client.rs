@@ -19,7 +19,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::batch::{Batch, Encoding, Item};
+use crate::batch::{Batch, Encoding, Item, Unsendable};
 use crate::deadletter::DeadLetters;
 use crate::ledger::Ledger;
 use crate::metrics::ConnectorMetrics;
@@ -338,8 +338,8 @@ impl<T> SourceClient<T> {
                         break;
                     }
                     n += 1;
-                    bytes += len;
-                    payload_bytes += payload;
+                    bytes += *len as usize;
+                    payload_bytes += *payload as usize;
                 }
                 Item::Unsendable { .. } => break,
             }
@@ -364,9 +364,9 @@ impl<T> SourceClient<T> {
             } else if let Some(open) = self.streams.get_mut(&stream) {
                 open.skip_upto = None;
                 open.ledger
-                    .push_sent(id, self.chunks_sent, &chunk, at, len, token);
+                    .push_sent(id, self.chunks_sent, &chunk, at, len as usize, token);
             }
-            at += len;
+            at += len as usize;
         }
         self.chunks_sent += 1;
         self.metrics.messages_out.add(n as u64);
@@ -392,7 +392,7 @@ impl<T> SourceClient<T> {
     fn drop_front(&mut self, batch: &mut Batch<T>) -> T {
         match batch.items.pop_front() {
             Some(Item::Encoded { len, token, .. }) => {
-                batch.buf.advance(len);
+                batch.buf.advance(len as usize);
                 token
             }
             Some(Item::Unsendable { token, .. }) => token,
@@ -406,14 +406,17 @@ impl<T> SourceClient<T> {
         let Some(Item::Unsendable {
             stream,
             id,
-            key,
-            payload,
-            reason,
+            record,
             token,
         }) = batch.items.pop_front()
         else {
             return Ok(());
         };
+        let Unsendable {
+            key,
+            payload,
+            reason,
+        } = *record;
         self.metrics.error("refused");
         let name = self
             .streams
