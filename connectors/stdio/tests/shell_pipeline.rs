@@ -209,3 +209,30 @@ fn a_sink_reading_an_open_idle_stdin_stops_on_sigterm() {
         sink.proc.stderr()
     );
 }
+
+#[test]
+fn logs_written_to_a_file_or_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = AppFile::new("colours")
+        .source("a", free_port(), "")
+        .sink("b", free_port(), "")
+        .pipeline("a", &["b"])
+        .write(dir.path());
+    let out = bash(
+        dir.path(),
+        &format!(
+            r#"printf 'a\nb\n' | RUST_LOG=info "$STDIN_SOURCE" --connector in --to stdout > out.txt 2> source.log
+            RUST_LOG=info timeout -s TERM 1 "$ENGINE" --application-module {} 2> engine.log"#,
+            app.display()
+        ),
+    );
+    for log in ["source.log", "engine.log"] {
+        let text = std::fs::read(dir.path().join(log)).unwrap();
+        assert!(!text.is_empty(), "{log} is empty: {out:?}");
+        assert!(
+            !text.contains(&0x1b),
+            "{log} holds escape bytes: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+}
