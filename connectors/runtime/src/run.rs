@@ -371,8 +371,9 @@ where
         self
     }
 
-    /// The spec and the `--check` hook, from `P`.
-    fn parts(self, direction: Direction) -> Result<(ConnectorSpec, Option<CheckFn>), String> {
+    /// The spec and the `--check` hook, from `P`; a parameters struct the runtime cannot use
+    /// is reported (exit code 2).
+    fn parts(self, direction: Direction) -> Result<(ConnectorSpec, Option<CheckFn>), ExitCode> {
         let cmd = P::command();
         let program: &'static str = Box::leak(cmd.get_name().to_string().into_boxed_str());
         let about: &'static str = Box::leak(
@@ -381,7 +382,10 @@ where
                 .unwrap_or_default()
                 .into_boxed_str(),
         );
-        let params = typed::params_of::<P>().map_err(|e| format!("{program}: {e}"))?;
+        let params = typed::params_of::<P>().map_err(|e| {
+            eprintln!("{program}: {e}");
+            ExitCode::from(2)
+        })?;
         let check = self.check.map(|f| -> CheckFn {
             Box::new(move |ctx: Context| {
                 Box::pin(async move {
@@ -424,10 +428,7 @@ where
     {
         let (spec, check) = match self.parts(Direction::Source) {
             Ok(x) => x,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         run_main(spec, check, |ctx| async move {
             let params = typed::parse_params::<P>(&ctx.params)?;
@@ -462,10 +463,7 @@ where
     {
         let (spec, check) = match self.parts(Direction::Sink) {
             Ok(x) => x,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         run_main(spec, check, |ctx| async move {
             let params = typed::parse_params::<P>(&ctx.params)?;

@@ -23,8 +23,8 @@ use anyhow::Result;
 use application::Endpoint;
 use bytes::{Bytes, BytesMut};
 use framing::{
-    check_hello, frame_len, split_frame, Credits, Frame, MessageView, ProtocolCodec, StreamTable,
-    NOTHING_PROCESSED,
+    check_hello, encode_ack, frame_len, split_frame, Credits, Frame, MessageView, ProtocolCodec,
+    StreamTable, NOTHING_PROCESSED,
 };
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -355,6 +355,18 @@ impl Sink {
     }
 }
 
+/// What the frames of one engine connection change.
+struct ConnState {
+    credits: Credits,
+    streams: StreamTable,
+    /// Ids delivered to the connector and not yet acknowledged, per stream.
+    outstanding: StreamMap<VecDeque<u64>>,
+    /// Messages of the current read, for the connector.
+    batch: Vec<SinkMessage>,
+    /// Frames to write back (NOTIFY_ACK, ACK).
+    wbuf: BytesMut,
+}
+
 /// One engine connection on the sink server.
 struct Session {
     conn: u64,
@@ -375,7 +387,6 @@ impl Session {
     ) -> Result<(), String> {
         let mut framed =
             FramedRead::with_capacity(read, ProtocolCodec::new(self.config.max_frame), 256 * 1024);
-        let mut wbuf = BytesMut::new();
         let hello = match tokio::time::timeout(Duration::from_secs(10), framed.next()).await {
             Err(_) => return Err("no HELLO within 10 s".into()),
             Ok(Some(Ok(Frame::Hello(h)))) => h,
@@ -395,22 +406,25 @@ impl Session {
             hello.instance_name,
             self.peer
         );
-        let mut credits = Credits::receiver(self.config.max_credits, self.config.max_credits);
+        let mut c = ConnState {
+            credits: Credits::receiver(self.config.max_credits, self.config.max_credits),
+            streams: StreamTable::default(),
+            outstanding: StreamMap::default(),
+            batch: Vec::new(),
+            wbuf: BytesMut::new(),
+        };
         Frame::Ok {
             initial_credits: self.config.max_credits,
         }
-        .encode(&mut wbuf)
+        .encode(&mut c.wbuf)
         .map_err(|e| e.to_string())?;
-        write.write_all(&wbuf).await.map_err(|e| e.to_string())?;
-        wbuf.clear();
-        self.metrics.credits.set(credits.balance() as i64);
-        let mut streams = StreamTable::default();
+        write.write_all(&c.wbuf).await.map_err(|e| e.to_string())?;
+        c.wbuf.clear();
+        self.metrics.credits.set(c.credits.balance() as i64);
         // From here on frames are read in place from the connection's buffer.
         let parts = framed.into_parts();
         let (mut rd, mut buf) = (parts.io, parts.read_buf);
         buf.reserve(256 * 1024);
-        // Ids delivered to the connector and not yet acknowledged, per stream.
-        let mut outstanding: StreamMap<VecDeque<u64>> = StreamMap::default();
         loop {
             tokio::select! {
                 n = rd.read_buf(&mut buf) => {
@@ -433,8 +447,8 @@ impl Session {
                         }
                     }
                     let chunk = buf.split_to(end).freeze();
-                    let mut batch = Vec::new();
-                    let applied = self.on_chunk(&chunk, &mut credits, &mut streams, &mut outstanding, &mut batch, &mut wbuf);
+                    let applied = self.on_chunk(&chunk, &mut c);
+                    let batch = std::mem::take(&mut c.batch);
                     if let Some(why) = applied.err().or(bad) {
                         self.deliver(batch).await?;
                         return Err(self.refuse(&mut write, &why).await);
@@ -449,11 +463,11 @@ impl Session {
                     if buf.capacity() - buf.len() < 64 * 1024 {
                         buf.reserve(256 * 1024);
                     }
-                    if !wbuf.is_empty() {
-                        write.write_all(&wbuf).await.map_err(|e| e.to_string())?;
-                        wbuf.clear();
+                    if !c.wbuf.is_empty() {
+                        write.write_all(&c.wbuf).await.map_err(|e| e.to_string())?;
+                        c.wbuf.clear();
                     }
-                    self.metrics.credits.set(credits.balance() as i64);
+                    self.metrics.credits.set(c.credits.balance() as i64);
                     self.deliver(batch).await?;
                 }
                 cmd = acks.recv() => {
@@ -471,7 +485,7 @@ impl Session {
                     {
                         let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
                         for (s, p) in &all {
-                            if let Some(q) = outstanding.get_mut(s) {
+                            if let Some(q) = c.outstanding.get_mut(s) {
                                 while q.front().is_some_and(|id| id <= p) {
                                     q.pop_front();
                                     returned += 1;
@@ -481,68 +495,43 @@ impl Session {
                             *e = (*e).max(*p);
                         }
                     }
-                    credits.grant(returned);
-                    self.metrics.credits.set(credits.balance() as i64);
-                    Frame::Ack { credits: returned, acks: all }.encode(&mut wbuf).map_err(|e| e.to_string())?;
-                    write.write_all(&wbuf).await.map_err(|e| e.to_string())?;
-                    wbuf.clear();
+                    c.credits.grant(returned);
+                    self.metrics.credits.set(c.credits.balance() as i64);
+                    encode_ack(&mut c.wbuf, returned, all);
+                    write.write_all(&c.wbuf).await.map_err(|e| e.to_string())?;
+                    c.wbuf.clear();
                 }
             }
         }
     }
 
     /// Applies one frame; the error text goes into an ERROR frame.
-    fn on_frame(
-        &self,
-        frame: Frame,
-        credits: &mut Credits,
-        streams: &mut StreamTable,
-        outstanding: &mut StreamMap<VecDeque<u64>>,
-        batch: &mut Vec<SinkMessage>,
-        wbuf: &mut BytesMut,
-    ) -> Result<(), String> {
+    fn on_frame(&self, frame: Frame, c: &mut ConnState) -> Result<(), String> {
         match frame {
             Frame::Notify {
                 stream_id,
                 stream_name,
                 ..
             } => {
-                if !credits.spend() {
+                if !c.credits.spend() {
                     return Err("credits overspent: NOTIFY sent with no credit left".into());
                 }
-                let known = self
-                    .delivered
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&stream_id)
-                    .copied();
-                streams.open(stream_id, stream_name, known);
+                let known = self.delivered(stream_id);
+                c.streams.open(stream_id, stream_name, known);
                 // A NOTIFY's credit comes straight back: it is not a message to acknowledge.
-                credits.grant(1);
+                c.credits.grant(1);
                 let frame = Frame::NotifyAck {
                     success: true,
                     stream_id,
                     point_of_ref: known.unwrap_or(NOTHING_PROCESSED),
                 };
-                frame.encode(wbuf).map_err(|e| e.to_string())?;
-                Frame::Ack {
-                    credits: 1,
-                    acks: vec![],
-                }
-                .encode(wbuf)
-                .map_err(|e| e.to_string())?;
+                frame.encode(&mut c.wbuf).map_err(|e| e.to_string())?;
+                encode_ack(&mut c.wbuf, 1, []);
                 Ok(())
             }
-            Frame::Message(m) => self.on_message(
-                m.view(),
-                (m.key.clone(), m.payload.clone()),
-                credits,
-                streams,
-                outstanding,
-                batch,
-                wbuf,
-            ),
-            Frame::Eos { stream_id } => streams
+            Frame::Message(m) => self.on_message(m.view(), (m.key.clone(), m.payload.clone()), c),
+            Frame::Eos { stream_id } => c
+                .streams
                 .close(stream_id)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
@@ -553,44 +542,41 @@ impl Session {
         }
     }
 
+    /// The last point acknowledged on `stream`, over every connection.
+    fn delivered(&self, stream: u64) -> Option<u64> {
+        self.delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&stream)
+            .copied()
+    }
+
     /// Applies one MESSAGE (`data` = its key and payload, sharing the read buffer).
-    #[allow(clippy::too_many_arguments)]
     fn on_message(
         &self,
         m: MessageView<'_>,
         data: (Bytes, Bytes),
-        credits: &mut Credits,
-        streams: &mut StreamTable,
-        outstanding: &mut StreamMap<VecDeque<u64>>,
-        batch: &mut Vec<SinkMessage>,
-        wbuf: &mut BytesMut,
+        c: &mut ConnState,
     ) -> Result<(), String> {
-        if !credits.spend() {
+        if !c.credits.spend() {
             return Err("credits overspent: MESSAGE sent with no credit left".into());
         }
-        let fresh = streams
+        let fresh = c
+            .streams
             .accept(m.stream_id, m.message_id)
             .map_err(|e| e.to_string())?;
         if !fresh {
             // Already delivered: give the credit back and re-acknowledge what we know.
-            credits.grant(1);
-            let known = self
-                .delivered
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&m.stream_id)
-                .copied();
-            let acks = known.map(|p| vec![(m.stream_id, p)]).unwrap_or_default();
-            Frame::Ack { credits: 1, acks }
-                .encode(wbuf)
-                .map_err(|e| e.to_string())?;
+            c.credits.grant(1);
+            let acks = self.delivered(m.stream_id).map(|p| (m.stream_id, p));
+            encode_ack(&mut c.wbuf, 1, acks);
             return Ok(());
         }
-        outstanding
+        c.outstanding
             .entry(m.stream_id)
             .or_default()
             .push_back(m.message_id);
-        batch.push(SinkMessage {
+        c.batch.push(SinkMessage {
             stream_id: m.stream_id,
             message_id: m.message_id,
             event_time: m.event_time,
@@ -603,16 +589,7 @@ impl Session {
 
     /// Applies every complete frame of `chunk` (whole frames only); MESSAGE frames are read
     /// in place and their key and payload share `chunk`.
-    #[allow(clippy::too_many_arguments)]
-    fn on_chunk(
-        &self,
-        chunk: &Bytes,
-        credits: &mut Credits,
-        streams: &mut StreamTable,
-        outstanding: &mut StreamMap<VecDeque<u64>>,
-        batch: &mut Vec<SinkMessage>,
-        wbuf: &mut BytesMut,
-    ) -> Result<(), String> {
+    fn on_chunk(&self, chunk: &Bytes, c: &mut ConnState) -> Result<(), String> {
         let mut at = 0;
         while let Some((body, total)) = split_frame(&chunk[at..], usize::MAX).ok().flatten() {
             at += total;
@@ -623,12 +600,11 @@ impl Session {
                     } else {
                         chunk.slice_ref(m.key)
                     };
-                    let data = (key, chunk.slice_ref(m.payload));
-                    self.on_message(m, data, credits, streams, outstanding, batch, wbuf)?;
+                    self.on_message(m, (key, chunk.slice_ref(m.payload)), c)?;
                 }
                 None => {
                     let f = Frame::decode(chunk.slice_ref(body)).map_err(|e| e.to_string())?;
-                    self.on_frame(f, credits, streams, outstanding, batch, wbuf)?;
+                    self.on_frame(f, c)?;
                 }
             }
         }
