@@ -33,6 +33,7 @@ pub mod run;
 pub mod sink;
 pub mod transport;
 mod typed;
+pub use typed::CommaList;
 
 pub use args::{ConnectorSpec, Param, Params};
 pub use backoff::Backoff;
@@ -58,8 +59,8 @@ pub fn unix_nanos() -> u64 {
 /// Everything a connector file usually needs, in one import.
 pub mod prelude {
     pub use crate::{
-        Backoff, Batch, Batching, Check, Context, Counter, Gauge, Outcomes, SinkConnector,
-        SinkMessage, SourceConnector, StreamHandle,
+        Backoff, Batch, Batching, Check, CommaList, Context, Counter, Gauge, Outcomes,
+        SinkConnector, SinkMessage, SourceConnector, StreamHandle,
     };
     pub use anyhow::{anyhow, bail, Context as _, Result};
     pub use application::Direction;

@@ -98,6 +98,28 @@ pub(crate) fn parse_params<P: CommandFactory + FromArgMatches>(params: &Params) 
     P::from_arg_matches(&matches).map_err(|e| anyhow!("{e}"))
 }
 
+/// A comma-separated list parameter (`--NAME-topics a,b,c`): trimmed, empty items dropped,
+/// at least one item. Declare the field as `topics: CommaList`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommaList(pub Vec<String>);
+
+impl std::str::FromStr for CommaList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let items: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect();
+        if items.is_empty() {
+            return Err("empty: give one or more, comma-separated".into());
+        }
+        Ok(CommaList(items))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +142,13 @@ mod tests {
         /// Optional
         #[arg(long)]
         group: Option<String>,
+    }
+
+    #[test]
+    fn comma_lists_are_trimmed_and_never_empty() {
+        let l: CommaList = " a, b,,c ".parse().unwrap();
+        assert_eq!(l.0, vec!["a", "b", "c"]);
+        assert!(" , ".parse::<CommaList>().is_err());
     }
 
     #[test]

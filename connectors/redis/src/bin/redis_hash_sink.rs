@@ -16,8 +16,7 @@ use redis_connectors::{Connection, Redis, RedisConfig};
 
 /// Writes each message from the engine into a Redis hash: HSET <key> <message key> <payload>.
 #[derive(Parser)]
-// args_override_self: a parameter given twice takes the last value.
-#[command(name = "redis_hash_sink", args_override_self = true)]
+#[command(name = "redis_hash_sink")]
 struct Params {
     #[command(flatten)]
     redis: Connection,

@@ -18,8 +18,7 @@ use redis_connectors::{in_order, Connection, Redis, RedisConfig};
 
 /// Appends each message from the engine to a Redis stream (XADD <stream> * key <key> payload <payload>).
 #[derive(Parser)]
-// args_override_self: a parameter given twice takes the last value.
-#[command(name = "redis_stream_sink", args_override_self = true)]
+#[command(name = "redis_stream_sink")]
 struct Params {
     #[command(flatten)]
     redis: Connection,

@@ -32,8 +32,7 @@ use redis_connectors::{next_message_id, Connection, EntryId, RedisConfig};
 
 /// Reads a Redis stream with a consumer group (XREADGROUP) and sends each entry to the engine; XACK after the engine acknowledged it.
 #[derive(Parser)]
-// args_override_self: a parameter given twice takes the last value.
-#[command(name = "redis_stream_source", args_override_self = true)]
+#[command(name = "redis_stream_source")]
 struct Params {
     #[command(flatten)]
     redis: Connection,

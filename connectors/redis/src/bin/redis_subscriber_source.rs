@@ -24,14 +24,13 @@ use redis_connectors::{Connection, RedisConfig};
 
 /// Subscribes to Redis pub/sub channels and sends every message to the engine (at-most-once: pub/sub keeps nothing).
 #[derive(Parser)]
-// args_override_self: a parameter given twice takes the last value.
-#[command(name = "redis_subscriber_source", args_override_self = true)]
+#[command(name = "redis_subscriber_source")]
 struct Params {
     #[command(flatten)]
     redis: Connection,
     /// Channel(s) to subscribe to, comma-separated (patterns with pattern=true)
     #[arg(long)]
-    topic: String,
+    topic: CommaList,
     /// Treat topic as glob patterns (PSUBSCRIBE)
     #[arg(long)]
     pattern: bool,
@@ -103,19 +102,7 @@ fn main() -> ExitCode {
             vec![Check::from_result("Redis reachable", ok.await)]
         })
         .run(|ctx, p: Params| async move {
-            let topics: Vec<String> = p
-                .topic
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(String::from)
-                .collect();
-            if topics.is_empty() {
-                bail!(
-                    "--{}-topic is empty: give at least one channel",
-                    ctx.connector
-                );
-            }
+            let topics = p.topic.0;
             let config = RedisConfig::new(&ctx.connector, &p.redis)?;
             Ok(Subscriber {
                 subscription: Subscription::start(&ctx, config, topics, p.pattern, p.buffer),
