@@ -1,13 +1,20 @@
 //! What `kafka_source` and `kafka_sink` share: building a librdkafka configuration from the
 //! connector's parameters, forwarding librdkafka's logs and errors to `tracing` and the
-//! connector's metrics, and telling permanent produce errors from transient ones.
+//! connector's metrics, telling permanent produce errors from transient ones, and `--check`.
+//! The consumer group side of `kafka_source` is in [`consumer`], the delivery reports of
+//! `kafka_sink` in [`producer`].
+
+pub mod consumer;
+pub mod producer;
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use connector_runtime::metrics::ConnectorMetrics;
+use connector_runtime::Check;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
@@ -158,6 +165,15 @@ pub fn client_error(metrics: &ConnectorMetrics, error: &KafkaError, reason: &str
     }
 }
 
+/// Reports an error the consumer returned instead of a record: counted, and logged once
+/// per kind of error and [`REPEAT_EVERY`].
+pub fn consume_error(metrics: &ConnectorMetrics, error: &KafkaError) {
+    metrics.error("kafka_consume");
+    if let Some(n) = repeated(&format!("consume {error}")) {
+        tracing::warn!("Kafka consumer: {error}{}", held_back(n));
+    }
+}
+
 /// How a failed produce should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -225,13 +241,46 @@ pub fn acks_setting(value: &str, connector: &str) -> anyhow::Result<&'static str
     })
 }
 
-/// Parses the `topics` parameter: names, or regular expressions when they start with `^`
-/// (librdkafka's convention, passed through unchanged).
-pub fn topics(list: &[String], connector: &str) -> anyhow::Result<Vec<String>> {
-    if list.is_empty() {
-        anyhow::bail!("--{connector}-topics is empty: give one topic or more, comma-separated");
+/// `--check`: the brokers answer and every named topic exists (regular expressions are not
+/// checked); `missing` is the advice for a topic that does not.
+pub fn check(
+    brokers: &str,
+    options: &[String],
+    connector: &str,
+    topics: &[String],
+    missing: &str,
+) -> Vec<Check> {
+    let what = format!("Kafka brokers {brokers} answer");
+    let config = match client_config(brokers, &[], options, connector) {
+        Ok(c) => c,
+        Err(e) => return vec![Check::fail(what, format!("{e:#}"))],
+    };
+    let client: BaseConsumer = match config.create() {
+        Ok(c) => c,
+        Err(e) => {
+            let fix = format!("{e}: fix the --{connector}-option settings");
+            return vec![Check::fail(what, fix)];
+        }
+    };
+    let md =
+        match rdkafka::consumer::Consumer::fetch_metadata(&client, None, Duration::from_secs(10)) {
+            Ok(md) => md,
+            Err(e) => {
+                let fix = format!("{e}: start the broker or fix --{connector}-bootstrap_brokers");
+                return vec![Check::fail(what, fix)];
+            }
+        };
+    let mut checks = vec![Check::ok(what)];
+    for topic in topics.iter().filter(|t| !t.starts_with('^')) {
+        let what = format!("topic `{topic}` exists");
+        checks.push(match md.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() => {
+                Check::ok(format!("{what} ({} partitions)", t.partitions().len()))
+            }
+            _ => Check::fail(what, missing.to_string()),
+        });
     }
-    Ok(list.to_vec())
+    checks
 }
 
 /// The protocol stream name of a topic-partition (`orders/3`): its hash is the stream id.

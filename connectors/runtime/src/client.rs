@@ -828,6 +828,11 @@ impl<T> SourceClient<T> {
             let replay: Vec<Bytes> = s.ledger.unacked_frames().collect();
             let mut buf = BytesMut::new();
             for frame in replay {
+                // Out of credits: what is buffered must reach the engine first, or it never
+                // grants more (more to replay than the engine's credits).
+                if !buf.is_empty() && matches!(self.link, Link::Engine { credits: 0, .. }) {
+                    self.write(&buf.split().freeze()).await?;
+                }
                 self.wait_for_credit().await?;
                 if let Link::Engine { credits, .. } = &mut self.link {
                     *credits -= 1;

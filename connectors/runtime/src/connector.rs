@@ -69,6 +69,13 @@ pub trait SourceConnector {
     async fn close(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// How long to wait for the engine's acknowledgements at shutdown, at the end of the
+    /// input and when a stream ends, when the connector has its own setting for it;
+    /// `None`: the common `--drain-timeout`.
+    fn drain_timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// How the runtime groups the engine's messages for [`SinkConnector::write`].
@@ -199,7 +206,7 @@ pub(crate) async fn run_source<S: SourceConnector>(
             tracing::warn!("records read before shutdown not sent: {e:#}");
         }
     }
-    let timeout = ctx.options.drain_timeout;
+    let timeout = drain_timeout(ctx, connector);
     let left = client
         .drain(None, timeout)
         .await
@@ -221,6 +228,13 @@ pub(crate) async fn run_source<S: SourceConnector>(
     connector.close().await
 }
 
+/// The connector's drain timeout, else `--drain-timeout`.
+fn drain_timeout<S: SourceConnector>(ctx: &Context, connector: &S) -> Duration {
+    connector
+        .drain_timeout()
+        .unwrap_or(ctx.options.drain_timeout)
+}
+
 /// The read loop; `Ok(true)` when the input finished, `Ok(false)` on shutdown.
 async fn source_loop<S: SourceConnector>(
     ctx: &Context,
@@ -238,7 +252,9 @@ async fn source_loop<S: SourceConnector>(
         }
         client.send(batch).await?;
         for id in std::mem::take(&mut batch.ends) {
-            let left = client.drain(Some(id), ctx.options.drain_timeout).await?;
+            let left = client
+                .drain(Some(id), drain_timeout(ctx, connector))
+                .await?;
             if left > 0 {
                 tracing::warn!("stream {id} ended with {left} records not acknowledged; the upstream delivers them again");
             }

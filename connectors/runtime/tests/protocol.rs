@@ -631,3 +631,63 @@ async fn records_the_engine_already_processed_are_not_sent_but_their_tokens_are_
     .unwrap();
     assert_eq!(client.await.unwrap(), vec![6, 7, 8]);
 }
+
+#[tokio::test]
+async fn a_replay_longer_than_the_engines_credits_is_sent_as_credits_come() {
+    let (listener, endpoint) = engine_listener().await;
+    let client = tokio::spawn(async move {
+        let mut source = source_for(endpoint);
+        let s = source.open("long", None).await.unwrap();
+        send(&mut source, s.id, 1..=50, |_| b"x".to_vec()).await;
+        follow(&mut source, Duration::from_secs(3)).await;
+        source.drain(None, Duration::from_secs(10)).await.unwrap()
+    });
+    let (mut f, _, _) = accept_fresh(&listener).await;
+    for want in 1..=50u64 {
+        assert_eq!(msg_id(&next(&mut f).await), want);
+    }
+    drop(f); // nothing acknowledged
+             // The new engine grants 1 credit for NOTIFY and 10 for messages.
+    let (sock, _) = listener.accept().await.unwrap();
+    let mut f = Framed::new(sock, ProtocolCodec::default());
+    next(&mut f).await;
+    f.send(Frame::Ok {
+        initial_credits: 11,
+    })
+    .await
+    .unwrap();
+    let sid = match next(&mut f).await {
+        Frame::Notify { stream_id, .. } => stream_id,
+        other => panic!("{other:?}"),
+    };
+    f.send(Frame::NotifyAck {
+        success: true,
+        stream_id: sid,
+        point_of_ref: NOTHING_PROCESSED,
+    })
+    .await
+    .unwrap();
+    for want in 1..=10u64 {
+        assert_eq!(
+            msg_id(&next(&mut f).await),
+            want,
+            "the first 10 arrive without more credits"
+        );
+    }
+    f.send(Frame::Ack {
+        credits: 40,
+        acks: vec![(sid, 10)],
+    })
+    .await
+    .unwrap();
+    for want in 11..=50u64 {
+        assert_eq!(msg_id(&next(&mut f).await), want);
+    }
+    f.send(Frame::Ack {
+        credits: 0,
+        acks: vec![(sid, 50)],
+    })
+    .await
+    .unwrap();
+    assert_eq!(client.await.unwrap(), 0);
+}
