@@ -326,6 +326,21 @@ fn relay(mut src: Box<dyn Sock>, mut snk: Box<dyn Sock>) {
     }
 }
 
+/// Runs the source over `s` and prints the rate and the CPU time of the `thread` in the
+/// middle per message.
+fn measure(label: &str, thread: &str, s: Box<dyn Sock>, n: u64) {
+    let cpu0 = thread_cpu(thread);
+    let elapsed = source(s, n);
+    let cpu = thread_cpu(thread) - cpu0;
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "{label}: {n} messages of {PAYLOAD} B in {secs:.2} s: {:.2} M msgs/s, {:.0} MB/s payload (acked end to end); {thread} thread CPU {cpu:.2} s = {:.0} ns/msg",
+        n as f64 / secs / 1e6,
+        n as f64 * PAYLOAD as f64 / secs / 1e6,
+        cpu * 1e9 / n as f64
+    );
+}
+
 /// A listener and a way to connect to it, for `kind` (uds or tcp).
 fn endpoint(
     kind: &str,
@@ -370,16 +385,7 @@ fn run_relay(kind: &str, n: u64) {
             relay(relay_accept(), snk)
         })
         .unwrap();
-    let cpu0 = thread_cpu("relay");
-    let elapsed = source(relay_connect(), n);
-    let cpu = thread_cpu("relay") - cpu0;
-    let secs = elapsed.as_secs_f64();
-    println!(
-        "relay-{kind}: {n} messages of {PAYLOAD} B in {secs:.2} s: {:.2} M msgs/s, {:.0} MB/s payload (acked end to end); relay thread CPU {cpu:.2} s = {:.0} ns/msg",
-        n as f64 / secs / 1e6,
-        n as f64 * PAYLOAD as f64 / secs / 1e6,
-        cpu * 1e9 / n as f64
-    );
+    measure(&format!("relay-{kind}"), "relay", relay_connect(), n);
     drop(relay_thread);
     drop(sink_thread);
 }
@@ -435,16 +441,7 @@ fn run(kind: &str, n: u64) {
             Box::new(s)
         }
     };
-    let cpu0 = thread_cpu("engine");
-    let elapsed = source(s, n);
-    let cpu = thread_cpu("engine") - cpu0;
-    let secs = elapsed.as_secs_f64();
-    println!(
-        "{kind}: {n} messages of {PAYLOAD} B in {secs:.2} s: {:.2} M msgs/s, {:.0} MB/s payload (acked end to end); engine thread CPU {cpu:.2} s = {:.0} ns/msg",
-        n as f64 / secs / 1e6,
-        n as f64 * PAYLOAD as f64 / secs / 1e6,
-        cpu * 1e9 / n as f64
-    );
+    measure(kind, "engine", s, n);
     drop(engine);
     drop(sink_thread);
 }

@@ -202,15 +202,25 @@ async fn source_replays_unacknowledged_messages_after_reconnect() {
 /// restarted in memory): OK, then NOTIFY_ACK "nothing processed". Returns the framed
 /// connection, the stream id and the point the NOTIFY carried.
 async fn accept_fresh(listener: &TcpListener) -> (Framed<TcpStream, ProtocolCodec>, u64, u64) {
+    accept_answering(listener, 100, NOTHING_PROCESSED).await
+}
+
+/// Accepts a source connection: OK with `credits`, then NOTIFY_ACK with `point`. Returns the
+/// framed connection, the stream id and the point the NOTIFY carried.
+async fn accept_answering(
+    listener: &TcpListener,
+    credits: u32,
+    point: u64,
+) -> (Framed<TcpStream, ProtocolCodec>, u64, u64) {
     let (sock, _) = listener.accept().await.unwrap();
     let mut f = Framed::new(sock, ProtocolCodec::default());
     assert!(matches!(next(&mut f).await, Frame::Hello(_)));
     f.send(Frame::Ok {
-        initial_credits: 100,
+        initial_credits: credits,
     })
     .await
     .unwrap();
-    let (sid, point) = match next(&mut f).await {
+    let (sid, hint) = match next(&mut f).await {
         Frame::Notify {
             stream_id,
             point_of_ref,
@@ -221,11 +231,11 @@ async fn accept_fresh(listener: &TcpListener) -> (Framed<TcpStream, ProtocolCode
     f.send(Frame::NotifyAck {
         success: true,
         stream_id: sid,
-        point_of_ref: NOTHING_PROCESSED,
+        point_of_ref: point,
     })
     .await
     .unwrap();
-    (f, sid, point)
+    (f, sid, hint)
 }
 
 #[tokio::test]
@@ -594,32 +604,8 @@ async fn records_the_engine_already_processed_are_not_sent_but_their_tokens_are_
         source.drain(None, Duration::from_secs(10)).await.unwrap();
         source.take_released()
     });
-    let (sock, _) = listener.accept().await.unwrap();
-    let mut f = Framed::new(sock, ProtocolCodec::default());
-    next(&mut f).await;
-    f.send(Frame::Ok {
-        initial_credits: 100,
-    })
-    .await
-    .unwrap();
-    let sid = match next(&mut f).await {
-        Frame::Notify {
-            stream_id,
-            point_of_ref,
-            ..
-        } => {
-            assert_eq!(point_of_ref, 3, "the connector's hint");
-            stream_id
-        }
-        other => panic!("{other:?}"),
-    };
-    f.send(Frame::NotifyAck {
-        success: true,
-        stream_id: sid,
-        point_of_ref: 5,
-    })
-    .await
-    .unwrap();
+    let (mut f, sid, hint) = accept_answering(&listener, 100, 5).await;
+    assert_eq!(hint, 3, "the connector's hint");
     for want in 6..=8 {
         assert_eq!(msg_id(&next(&mut f).await), want);
     }
@@ -648,25 +634,7 @@ async fn a_replay_longer_than_the_engines_credits_is_sent_as_credits_come() {
     }
     drop(f); // nothing acknowledged
              // The new engine grants 1 credit for NOTIFY and 10 for messages.
-    let (sock, _) = listener.accept().await.unwrap();
-    let mut f = Framed::new(sock, ProtocolCodec::default());
-    next(&mut f).await;
-    f.send(Frame::Ok {
-        initial_credits: 11,
-    })
-    .await
-    .unwrap();
-    let sid = match next(&mut f).await {
-        Frame::Notify { stream_id, .. } => stream_id,
-        other => panic!("{other:?}"),
-    };
-    f.send(Frame::NotifyAck {
-        success: true,
-        stream_id: sid,
-        point_of_ref: NOTHING_PROCESSED,
-    })
-    .await
-    .unwrap();
+    let (mut f, sid, _) = accept_answering(&listener, 11, NOTHING_PROCESSED).await;
     for want in 1..=10u64 {
         assert_eq!(
             msg_id(&next(&mut f).await),
