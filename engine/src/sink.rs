@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use framing::{Frame, ProtocolCodec};
+use framing::{Backoff, Frame, ProtocolCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use tracing::{info, warn};
@@ -161,20 +161,18 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
             c.max_frame(),
         )
     };
-    let mut backoff = Duration::from_millis(20);
-    let mut failures = 0u64;
-    let mut next_report = 0u64;
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(2));
+    let mut next_report = 0u32;
     loop {
         let (mut rd, mut wr) = match net::connect(&endpoint).await {
             Ok(x) => x,
             Err(e) => {
-                failures += 1;
-                if failures == 1 || failures == next_report {
-                    next_report = failures + 50;
+                let delay = backoff.next_delay();
+                if backoff.attempts() == 1 || backoff.attempts() == next_report {
+                    next_report = backoff.attempts() + 50;
                     warn!("sink `{name}` at {endpoint} unreachable ({e}); retrying with back-off");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
@@ -187,18 +185,16 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
         .await
         .unwrap_or_else(|_| Err("no answer to HELLO/NOTIFY within 10 s".into()));
         if let Err(e) = hs {
-            failures += 1;
             core.borrow().metrics().error("sink_handshake");
             warn!("sink `{name}` at {endpoint}: {e}; retrying with back-off");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(backoff.next_delay()).await;
             continue;
         }
-        if failures > 0 {
+        if backoff.attempts() > 0 {
             info!("sink `{name}` connected at {endpoint}");
         }
-        failures = 0;
-        backoff = Duration::from_millis(20);
+        backoff.reset();
+        next_report = 0;
         core.borrow().sink(idx).wake();
         tracing::debug!(
             "sink `{name}` connected; resending from {}",
@@ -215,6 +211,6 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
             c.metrics().error("sink_disconnected");
         }
         warn!("sink `{name}` at {endpoint}: {reason}; reconnecting");
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }

@@ -636,7 +636,7 @@ impl Session {
             describe(&e)
         );
         tokio::select! {
-            _ = self.retry.wait() => {}
+            _ = tokio::time::sleep(self.retry.next_delay()) => {}
             _ = self.ctx.shutdown.cancelled() => return Err(ShuttingDown.into()),
         }
         loop {

@@ -104,7 +104,7 @@ async fn subscribe(
             Err(e) if is_transient(&e) => {
                 outage.lost();
                 tokio::select! {
-                    _ = backoff.wait() => continue,
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
                     _ = ctx.shutdown.cancelled() => return Ok(()),
                 }
             }

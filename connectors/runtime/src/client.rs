@@ -18,12 +18,12 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::batch::{Batch, Encoding, Item, Unsendable};
 use crate::deadletter::DeadLetters;
 use crate::ledger::Ledger;
 use crate::metrics::ConnectorMetrics;
 use crate::transport::{self, BoxRead, BoxWrite};
+use framing::Backoff;
 
 /// Returned (inside `anyhow::Error`) when standard output was closed (`| head`): the
 /// runtime treats it as a clean end.
@@ -691,7 +691,7 @@ impl<T> SourceClient<T> {
                 Err(LinkError::Fatal(e)) => return Err(e),
                 Err(LinkError::Lost(why)) => {
                     tracing::warn!("lost the engine connection while resuming streams: {why}");
-                    backoff.wait().await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

@@ -16,11 +16,11 @@ use anyhow::Result;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::batch::Batch;
 use crate::client::{ShuttingDown, SourceClient, StreamHandle};
 use crate::context::Context;
 use crate::sink::{Sink, SinkMessage};
+use framing::Backoff;
 
 /// How long a pending `read` may hold back the commit of acknowledged records before it is
 /// interrupted (see [`SourceConnector::read`]). Each interruption doubles the wait for the

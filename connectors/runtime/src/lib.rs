@@ -11,7 +11,7 @@
 //! - [`args`]: the seed's argument conventions (`--application-module`, `--connector NAME`,
 //!   `--NAME-PARAM`, `[..connectors.NAME.params]`, `NAME_PARAM` environment variables), filled
 //!   into the connector's `#[derive(clap::Parser)]` parameters struct.
-//! - [`backoff`], [`deadletter`], [`format`], [`metrics`], [`check`], [`transport`].
+//! - [`Backoff`] (the workspace's one retry policy, from `framing`), [`deadletter`], [`format`], [`metrics`], [`check`], [`transport`].
 //!
 //! Entry points: [`source()`] and [`sink()`]; `.run(start)` parses arguments, sets up
 //! logging, metrics and signals, calls `start` with the typed parameters to open the external
@@ -19,7 +19,6 @@
 //! one-line reason.
 
 pub mod args;
-pub mod backoff;
 pub mod batch;
 pub mod check;
 pub mod client;
@@ -36,12 +35,12 @@ mod typed;
 pub use typed::CommaList;
 
 pub use args::{ConnectorSpec, Param, Params};
-pub use backoff::Backoff;
 pub use batch::Batch;
 pub use check::Check;
 pub use client::{OutputClosed, ShuttingDown, StreamHandle};
 pub use connector::{Batching, Outcome, Outcomes, SinkConnector, SourceConnector};
 pub use context::Context;
+pub use framing::Backoff;
 pub use run::{sink, source, Connector};
 pub use sink::{Sink, SinkMessage};
 

@@ -112,5 +112,9 @@ fn main() -> ExitCode {
 }
 
 async fn open(path: &str) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path).await
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
 }

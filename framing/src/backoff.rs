@@ -1,4 +1,6 @@
-//! Exponential back-off for reconnects, shared by every binary that talks to a server.
+//! Exponential back-off: the one retry policy of the workspace (the engine reconnecting to
+//! a sink, connectors reconnecting to the engine or their external system, sink retries).
+//! I/O-free: sleep for [`Backoff::next_delay`] with your runtime's timer.
 
 use std::time::Duration;
 
@@ -34,11 +36,6 @@ impl Backoff {
         self.next = (self.next * 2).min(self.max);
         self.attempts += 1;
         d
-    }
-
-    /// Sleeps for the next delay.
-    pub async fn wait(&mut self) {
-        tokio::time::sleep(self.next_delay()).await;
     }
 
     /// Failed attempts since the last reset.
