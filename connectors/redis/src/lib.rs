@@ -199,6 +199,41 @@ fn tls_client(_info: redis::ConnectionInfo, _ca: Option<&str>) -> Result<Client>
     bail!("this build has no TLS support: rebuild redis-connectors with its default `tls` feature")
 }
 
+/// `--check` of a sink that writes to `key`, which must hold a `kind` (hash, stream) or
+/// nothing yet.
+pub async fn check_sink_key(
+    ctx: &Context,
+    conn: &Connection,
+    key: &str,
+    kind: &str,
+) -> Vec<connector_runtime::Check> {
+    let ok = async {
+        RedisConfig::new(&ctx.connector, conn)?
+            .check(Some((key, kind)))
+            .await
+    };
+    vec![connector_runtime::Check::from_result(
+        format!("Redis reachable and the {kind} key usable"),
+        ok.await,
+    )]
+}
+
+/// What a sink reports when `key` holds something other than a `kind`: the parameter to
+/// change (`--NAME-param`) or the key to delete.
+pub fn wrong_type(connector: &str, key: &str, kind: &str, param: &str) -> String {
+    format!(
+        "Redis key `{key}` holds a value that is not a {kind}: choose another --{connector}-{param} or delete it"
+    )
+}
+
+/// A sink's connection: opened and tried once at start (a permanent error such as a
+/// refused password stops the sink at once; an unreachable Redis is left to the writes).
+pub async fn open_sink(ctx: &Context, conn: &Connection) -> Result<Redis> {
+    let mut redis = Redis::new(RedisConfig::new(&ctx.connector, conn)?, ctx);
+    redis.probe().await?;
+    Ok(redis)
+}
+
 /// `url` with its password replaced by `***`.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -12,7 +12,7 @@
 use std::process::ExitCode;
 
 use connector_runtime::prelude::*;
-use redis_connectors::{Connection, Redis, RedisConfig};
+use redis_connectors::{Connection, Redis};
 
 /// Writes each message from the engine into a Redis hash: HSET <key> <message key> <payload>.
 #[derive(Parser)]
@@ -81,24 +81,13 @@ impl SinkConnector for HashSink {
 fn main() -> ExitCode {
     connector_runtime::sink()
         .check(|ctx, p: Params| async move {
-            let ok = async {
-                let config = RedisConfig::new(&ctx.connector, &p.redis)?;
-                config.check(Some((&p.key, "hash"))).await
-            };
-            vec![Check::from_result(
-                "Redis reachable and the hash key usable",
-                ok.await,
-            )]
+            redis_connectors::check_sink_key(&ctx, &p.redis, &p.key, "hash").await
         })
         .run(|ctx, p: Params| async move {
-            let mut redis = Redis::new(RedisConfig::new(&ctx.connector, &p.redis)?, &ctx);
-            redis.probe().await?;
+            let redis = redis_connectors::open_sink(&ctx, &p.redis).await?;
             Ok(HashSink {
                 redis,
-                wrong_type: format!(
-                    "Redis key `{}` holds a value that is not a hash: choose another --{}-key or delete it",
-                    p.key, ctx.connector
-                ),
+                wrong_type: redis_connectors::wrong_type(&ctx.connector, &p.key, "hash", "key"),
                 hash: p.key,
                 ttl: p.ttl_seconds,
                 batch: p.batch.max(1),

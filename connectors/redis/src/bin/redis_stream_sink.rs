@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 
 use connector_runtime::prelude::*;
-use redis_connectors::{in_order, Connection, Redis, RedisConfig};
+use redis_connectors::{in_order, Connection, Redis};
 
 /// Appends each message from the engine to a Redis stream (XADD <stream> * key <key> payload <payload>).
 #[derive(Parser)]
@@ -80,26 +80,23 @@ impl SinkConnector for StreamSink {
 fn main() -> ExitCode {
     connector_runtime::sink()
         .check(|ctx, p: Params| async move {
-            let ok = async {
-                let config = RedisConfig::new(&ctx.connector, &p.redis)?;
-                config.check(Some((&p.stream, "stream"))).await
-            };
-            vec![Check::from_result(
-                "Redis reachable and the stream key usable",
-                ok.await,
-            )]
+            redis_connectors::check_sink_key(&ctx, &p.redis, &p.stream, "stream").await
         })
         .run(|ctx, p: Params| async move {
             if p.key_field == p.payload_field {
-                bail!("--{0}-key_field and --{0}-payload_field must differ", ctx.connector);
+                bail!(
+                    "--{0}-key_field and --{0}-payload_field must differ",
+                    ctx.connector
+                );
             }
-            let mut redis = Redis::new(RedisConfig::new(&ctx.connector, &p.redis)?, &ctx);
-            redis.probe().await?;
+            let redis = redis_connectors::open_sink(&ctx, &p.redis).await?;
             Ok(StreamSink {
                 redis,
-                wrong_type: format!(
-                    "Redis key `{}` holds a value that is not a stream: choose another --{}-stream or delete it",
-                    p.stream, ctx.connector
+                wrong_type: redis_connectors::wrong_type(
+                    &ctx.connector,
+                    &p.stream,
+                    "stream",
+                    "stream",
                 ),
                 p,
             })
