@@ -71,7 +71,7 @@ impl Failure {
                 let text = amqp.get_message().as_str();
                 let fix = match amqp.kind() {
                     AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => Some(
-                        "it does not exist: create it, or let the connector declare it (see --help)",
+                        "it does not exist: create it (rabbitmq_source can declare its queue with --NAME-declare true)",
                     ),
                     AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
                     | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => Some(

@@ -187,11 +187,12 @@ pub(crate) async fn run_source<S: SourceConnector>(
     client: &mut SourceClient<S::Token>,
 ) -> Result<()> {
     let mut batch = client.batch(ctx.options.format);
-    let result = source_loop(ctx, connector, client, &mut batch).await;
-    let finished = match result {
-        Ok(finished) => finished,
+    let end = match source_loop(ctx, connector, client, &mut batch).await {
+        Ok(end) => end,
+        // Shutdown while waiting for credits or for the engine: drain like any shutdown.
+        Err(e) if e.downcast_ref::<ShuttingDown>().is_some() => LoopEnd::Shutdown,
         Err(e) => {
-            // Keep what was acknowledged, then report the error.
+            // The engine connection or a commit failed: keep what was acknowledged, stop.
             let tokens = client.take_released();
             if !tokens.is_empty() {
                 let _ = connector.commit(tokens).await;
@@ -200,10 +201,11 @@ pub(crate) async fn run_source<S: SourceConnector>(
             return Err(e);
         }
     };
-    // Shutdown or end of input: send what was read, let the engine acknowledge it, commit.
+    // Shutdown, end of input or a failed read: send what was read, let the engine
+    // acknowledge it, commit, then end the streams (or report the read's error).
     if let Err(e) = client.send(&mut batch).await {
         if e.downcast_ref::<ShuttingDown>().is_none() {
-            tracing::warn!("records read before shutdown not sent: {e:#}");
+            tracing::warn!("records read before the end not sent: {e:#}");
         }
     }
     let timeout = drain_timeout(ctx, connector);
@@ -215,17 +217,32 @@ pub(crate) async fn run_source<S: SourceConnector>(
     if !tokens.is_empty() {
         connector.commit(tokens).await?;
     }
+    if left > 0 {
+        tracing::warn!(
+            "{left} records were not acknowledged by the engine within {timeout:?}; they were not committed upstream"
+        );
+    }
+    if let LoopEnd::ReadFailed(e) = end {
+        let _ = connector.close().await;
+        return Err(e);
+    }
     for id in client.stream_ids() {
         client.end(id).await?;
     }
-    if left > 0 {
-        tracing::warn!(
-            "{left} records were not acknowledged by the engine within {timeout:?}; the upstream delivers them again"
-        );
-    } else if finished {
+    if left == 0 && matches!(end, LoopEnd::Finished) {
         tracing::info!("input finished and everything acknowledged");
     }
     connector.close().await
+}
+
+/// Why the read loop ended without an error of the runtime's own.
+enum LoopEnd {
+    /// The connector called [`Batch::finish`].
+    Finished,
+    /// SIGTERM / Ctrl-C.
+    Shutdown,
+    /// The connector's `read` failed: what it pushed before is still sent and committed.
+    ReadFailed(anyhow::Error),
 }
 
 /// The connector's drain timeout, else `--drain-timeout`.
@@ -235,13 +252,13 @@ fn drain_timeout<S: SourceConnector>(ctx: &Context, connector: &S) -> Duration {
         .unwrap_or(ctx.options.drain_timeout)
 }
 
-/// The read loop; `Ok(true)` when the input finished, `Ok(false)` on shutdown.
+/// The read loop, until the input finishes, shutdown or a failed read.
 async fn source_loop<S: SourceConnector>(
     ctx: &Context,
     connector: &mut S,
     client: &mut SourceClient<S::Token>,
     batch: &mut Batch<S::Token>,
-) -> Result<bool> {
+) -> Result<LoopEnd> {
     let shutdown: &CancellationToken = &ctx.shutdown;
     let mut patience = COMMIT_DELAY;
     loop {
@@ -269,7 +286,7 @@ async fn source_loop<S: SourceConnector>(
             connector.commit(tokens).await?;
         }
         if batch.finished {
-            return Ok(true);
+            return Ok(LoopEnd::Finished);
         }
         // Read, following the engine meanwhile (acknowledgements, a lost connection).
         let end = {
@@ -291,12 +308,10 @@ async fn source_loop<S: SourceConnector>(
             }
         };
         match end {
-            ReadEnd::Done(r) => {
-                r?;
-                patience = COMMIT_DELAY;
-            }
+            ReadEnd::Done(Ok(())) => patience = COMMIT_DELAY,
+            ReadEnd::Done(Err(e)) => return Ok(LoopEnd::ReadFailed(e)),
             ReadEnd::Commit => patience = (patience * 2).min(MAX_COMMIT_DELAY),
-            ReadEnd::Shutdown => return Ok(false),
+            ReadEnd::Shutdown => return Ok(LoopEnd::Shutdown),
         }
     }
 }

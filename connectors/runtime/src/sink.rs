@@ -226,7 +226,6 @@ impl Sink {
                     }
                     Some(Err(e)) => {
                         counters.error("decode");
-                        tracing::error!("standard input: {e}");
                         *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
                             "standard input, record {}: {e} (is --format {} right?)",
                             id + 1,

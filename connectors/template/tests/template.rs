@@ -233,3 +233,79 @@ fn template_check_reports_one_line_per_problem() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.lines().all(|l| l.starts_with("ok    ")), "{text}");
 }
+
+/// SIGTERM while the source waits for credits (the engine grants 4 at a time): it still
+/// drains, so everything the sink wrote is committed in the offset file.
+#[test]
+fn sigterm_while_waiting_for_credits_commits_everything_the_sink_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), numbered(2_000_000)).unwrap();
+    let (src_port, sink_port) = (free_port(), free_port());
+    let app = AppFile::new("small credits")
+        .source("lines", src_port, "max_credits = 4\nrefill_credits = 2")
+        .sink("copy", sink_port, "")
+        .pipeline("lines", &["copy"])
+        .write(dir.path());
+    let out = dir.path().join("out.txt");
+    let _sink = start_connector(
+        dir.path(),
+        "template_sink",
+        &app,
+        "copy",
+        &["--copy-file".into(), out.display().to_string()],
+    );
+    let _engine = start_engine(dir.path(), "engine", &app, &[], &[src_port]);
+    let mut source = start_connector(
+        dir.path(),
+        "template_source",
+        &app,
+        "lines",
+        &[
+            "--lines-file".into(),
+            dir.path().join("in.txt").display().to_string(),
+            "--lines-offset_file".into(),
+            dir.path().join("in.offset").display().to_string(),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || read(&out).lines().count()
+            > 5000),
+        "nothing flowed: {}",
+        source.stderr()
+    );
+    let status = source.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", source.stderr());
+    let written = read(&out);
+    let committed: usize = read(&dir.path().join("in.offset"))
+        .trim()
+        .parse()
+        .expect("a byte offset");
+    assert_eq!(
+        committed,
+        written.len(),
+        "the offset file holds exactly what the sink wrote"
+    );
+}
+
+/// A read that fails (a truncated frame on standard input) still sends what came before it.
+#[test]
+fn records_read_before_a_failed_read_are_still_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = Vec::new();
+    for i in 0..1999u32 {
+        let payload = format!("record {i:05} {}", "y".repeat(5));
+        input.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        input.extend_from_slice(payload.as_bytes());
+    }
+    let complete = input.len();
+    input.extend_from_slice(&[0, 0, 0, 9, b'x']); // a frame cut short
+    std::fs::write(dir.path().join("in.frames"), &input).unwrap();
+    let out = bash(
+        dir.path(),
+        r#""$STDIN_SOURCE" --connector in --to stdout --format frames < in.frames > out.frames"#,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let written = std::fs::read(dir.path().join("out.frames")).unwrap();
+    assert_eq!(written.len(), complete, "every complete frame is written");
+    assert_eq!(&written[..], &input[..complete]);
+}

@@ -70,12 +70,14 @@ impl SourceConnector for FileSource {
         // The seed's `write()`, a batch at a time. The runtime sends the batch when `read`
         // returns, waiting for credits from the engine (back-pressure).
         while out.len() < 1000 {
+            // Appends to `self.line`: an interrupted call keeps what it read there, so the
+            // line's length (not this call's count) is what moves the offset.
             let n = self.input.read_until(b'\n', &mut self.line).await?;
-            if n == 0 {
+            if n == 0 && self.line.is_empty() {
                 out.finish(); // end of the file: drain, commit, end the stream, exit
                 break;
             }
-            self.offset += n as u64;
+            self.offset += self.line.len() as u64;
             let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
             // The message id must grow within a stream: the byte offset after the line does.
             out.push(stream, self.offset, b"", text, self.offset);
