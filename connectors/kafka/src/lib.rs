@@ -43,6 +43,11 @@ pub fn client_config(
     options: &[String],
     connector: &str,
 ) -> anyhow::Result<ClientConfig> {
+    if brokers.trim().is_empty() {
+        anyhow::bail!(
+            "--{connector}-bootstrap_brokers is empty: give one broker or more as host:port, comma-separated"
+        );
+    }
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     for (k, v) in defaults {

@@ -553,6 +553,7 @@ fn command(spec: &ConnectorSpec, connector: &str) -> Command {
             .arg(
                 Arg::new("drain-timeout")
                     .long("drain-timeout")
+                    .allow_hyphen_values(true)
                     .value_name("SECS")
                     .help("At shutdown, at the end of the input and when a stream ends: how long to wait for the engine to acknowledge what was sent before committing [default: 30]"),
             )
@@ -590,6 +591,8 @@ fn command(spec: &ConnectorSpec, connector: &str) -> Command {
             Arg::new(param_arg_id(p.name))
                 .long(format!("{connector}-{}", p.name))
                 .value_name("VALUE")
+                // `-5` is a (bad) value, reported as such, not an unknown option.
+                .allow_hyphen_values(true)
                 .action(ArgAction::Append)
                 .help(help),
         );
