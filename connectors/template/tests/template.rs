@@ -19,6 +19,36 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// A pass-through application (source `lines` with `source_extra` settings, sink `copy`),
+/// template_sink writing `out.txt` and the engine, started in `dir`. Returns the application
+/// file, the sink's output file and the processes.
+fn sink_and_engine(
+    dir: &Path,
+    source_extra: &str,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    testkit::Proc,
+    testkit::Proc,
+) {
+    let (src_port, sink_port) = (free_port(), free_port());
+    let app = AppFile::new("template pass-through")
+        .source("lines", src_port, source_extra)
+        .sink("copy", sink_port, "")
+        .pipeline("lines", &["copy"])
+        .write(dir);
+    let out = dir.join("out.txt");
+    let sink = start_connector(
+        dir,
+        "template_sink",
+        &app,
+        "copy",
+        &["--copy-file".into(), out.display().to_string()],
+    );
+    let engine = start_engine(dir, "engine", &app, &[], &[src_port]);
+    (app, out, sink, engine)
+}
+
 fn run_source(dir: &Path, app: &Path) -> Output {
     Command::new(bin("template_source"))
         .args(["--application-module", &app.display().to_string()])
@@ -35,21 +65,7 @@ fn template_source_to_engine_to_template_sink() {
     let dir = tempfile::tempdir().unwrap();
     let input = numbered(100_000);
     std::fs::write(dir.path().join("in.txt"), &input).unwrap();
-    let (src_port, sink_port) = (free_port(), free_port());
-    let app = AppFile::new("template pass-through")
-        .source("lines", src_port, "")
-        .sink("copy", sink_port, "")
-        .pipeline("lines", &["copy"])
-        .write(dir.path());
-    let out = dir.path().join("out.txt");
-    let mut sink = start_connector(
-        dir.path(),
-        "template_sink",
-        &app,
-        "copy",
-        &["--copy-file".into(), out.display().to_string()],
-    );
-    let _engine = start_engine(dir.path(), "engine", &app, &[], &[src_port]);
+    let (app, out, mut sink, _engine) = sink_and_engine(dir.path(), "");
 
     // The source sends the whole file and exits 0 once the engine acknowledged all of it,
     // which the engine does only after the sink acknowledged its writes.
@@ -240,21 +256,8 @@ fn template_check_reports_one_line_per_problem() {
 fn sigterm_while_waiting_for_credits_commits_everything_the_sink_wrote() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.txt"), numbered(2_000_000)).unwrap();
-    let (src_port, sink_port) = (free_port(), free_port());
-    let app = AppFile::new("small credits")
-        .source("lines", src_port, "max_credits = 4\nrefill_credits = 2")
-        .sink("copy", sink_port, "")
-        .pipeline("lines", &["copy"])
-        .write(dir.path());
-    let out = dir.path().join("out.txt");
-    let _sink = start_connector(
-        dir.path(),
-        "template_sink",
-        &app,
-        "copy",
-        &["--copy-file".into(), out.display().to_string()],
-    );
-    let _engine = start_engine(dir.path(), "engine", &app, &[], &[src_port]);
+    let (app, out, _sink, _engine) =
+        sink_and_engine(dir.path(), "max_credits = 4\nrefill_credits = 2");
     let mut source = start_connector(
         dir.path(),
         "template_source",
