@@ -45,6 +45,9 @@ pub struct EngineArgs {
     /// (0 only if every check passes).
     #[arg(long)]
     pub check: bool,
+    /// Log lines as text (coloured only on a terminal) or as one JSON object per line.
+    #[arg(long, default_value = "text", value_parser = telemetry::LOG_FORMATS, value_name = "text|json")]
+    pub log_format: String,
 }
 
 impl EngineArgs {

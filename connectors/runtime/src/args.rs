@@ -417,6 +417,7 @@ const COMMON_WITH_VALUE: &[&str] = &[
     "--dead-letter",
     "--max-frame-bytes",
     "--drain-timeout",
+    "--log-format",
 ];
 
 fn find_value(argv: &[String], flag: &str) -> Option<String> {
@@ -535,6 +536,13 @@ fn command(spec: &ConnectorSpec, connector: &str) -> Command {
                 .long("max-frame-bytes")
                 .value_name("N")
                 .help("Largest protocol frame sent or accepted [default: the application module's max_frame_bytes, else 16777216]"),
+        )
+        .arg(
+            Arg::new("log-format")
+                .long("log-format")
+                .value_name("text|json")
+                .value_parser(telemetry::LOG_FORMATS)
+                .help("Log lines as text (coloured only on a terminal) or as one JSON object per line [default: text]"),
         )
         .arg(
             Arg::new("check")

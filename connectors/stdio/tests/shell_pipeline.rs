@@ -236,3 +236,28 @@ fn logs_written_to_a_file_or_a_pipe_have_no_colour_codes() {
         );
     }
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bash(
+        dir.path(),
+        r#"printf 'a\nb\n' | RUST_LOG=info "$STDIN_SOURCE" --connector in --to stdout --log-format json > out.txt 2> source.log"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let log = std::fs::read_to_string(dir.path().join("source.log")).unwrap();
+    assert!(!log.is_empty(), "no log lines");
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    let bad = bash(
+        dir.path(),
+        r#""$STDIN_SOURCE" --connector in --to stdout --log-format xml < /dev/null"#,
+    );
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+}
