@@ -292,13 +292,13 @@ impl<T> SourceClient<T> {
                     )));
                 }
                 // Ended meanwhile (a revoked partition): its new owner reads it again.
-                self.drop_front(batch);
+                drop_front(batch);
                 continue;
             };
             if open.skip_upto.is_some_and(|s| id <= s) {
                 self.skipped.inc();
-                let token = self.drop_front(batch);
-                if let Some(open) = self.streams.get_mut(&stream) {
+                let token = drop_front(batch);
+                if let (Some(token), Some(open)) = (token, self.streams.get_mut(&stream)) {
                     open.ledger.push_done(id, token);
                     open.ledger.release(&mut self.released);
                 }
@@ -386,18 +386,6 @@ impl<T> SourceClient<T> {
             }
         }
         Ok(batch.items.is_empty())
-    }
-
-    /// Removes the first record of the batch (and its bytes) and returns its token.
-    fn drop_front(&mut self, batch: &mut Batch<T>) -> T {
-        match batch.items.pop_front() {
-            Some(Item::Encoded { len, token, .. }) => {
-                batch.buf.advance(len as usize);
-                token
-            }
-            Some(Item::Unsendable { token, .. }) => token,
-            None => unreachable!("drop_front on an empty batch"),
-        }
     }
 
     /// A record the protocol cannot carry: into the dead-letter directory when there is one
@@ -845,6 +833,17 @@ impl<T> SourceClient<T> {
             self.write(&buf.freeze()).await?;
         }
         Ok(())
+    }
+}
+
+/// Removes the first record of the batch (and its bytes) and returns its token.
+fn drop_front<T>(batch: &mut Batch<T>) -> Option<T> {
+    match batch.items.pop_front()? {
+        Item::Encoded { len, token, .. } => {
+            batch.buf.advance(len as usize);
+            Some(token)
+        }
+        Item::Unsendable { token, .. } => Some(token),
     }
 }
 

@@ -193,10 +193,7 @@ pub(crate) async fn run_source<S: SourceConnector>(
         Err(e) if e.downcast_ref::<ShuttingDown>().is_some() => LoopEnd::Shutdown,
         Err(e) => {
             // The engine connection or a commit failed: keep what was acknowledged, stop.
-            let tokens = client.take_released();
-            if !tokens.is_empty() {
-                let _ = connector.commit(tokens).await;
-            }
+            let _ = commit_released(client, connector).await;
             let _ = connector.close().await;
             return Err(e);
         }
@@ -213,10 +210,7 @@ pub(crate) async fn run_source<S: SourceConnector>(
         .drain(None, timeout)
         .await
         .unwrap_or_else(|_| client.in_flight());
-    let tokens = client.take_released();
-    if !tokens.is_empty() {
-        connector.commit(tokens).await?;
-    }
+    commit_released(client, connector).await?;
     if left > 0 {
         tracing::warn!(
             "{left} records were not acknowledged by the engine within {timeout:?}; they were not committed upstream"
@@ -243,6 +237,18 @@ enum LoopEnd {
     Shutdown,
     /// The connector's `read` failed: what it pushed before is still sent and committed.
     ReadFailed(anyhow::Error),
+}
+
+/// Hands the connector the tokens the engine acknowledged since the last commit, if any.
+async fn commit_released<S: SourceConnector>(
+    client: &mut SourceClient<S::Token>,
+    connector: &mut S,
+) -> Result<()> {
+    let tokens = client.take_released();
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    connector.commit(tokens).await
 }
 
 /// The connector's drain timeout, else `--drain-timeout`.
@@ -275,16 +281,10 @@ async fn source_loop<S: SourceConnector>(
             if left > 0 {
                 tracing::warn!("stream {id} ended with {left} records not acknowledged; the upstream delivers them again");
             }
-            let tokens = client.take_released();
-            if !tokens.is_empty() {
-                connector.commit(tokens).await?;
-            }
+            commit_released(client, connector).await?;
             client.end(id).await?;
         }
-        let tokens = client.take_released();
-        if !tokens.is_empty() {
-            connector.commit(tokens).await?;
-        }
+        commit_released(client, connector).await?;
         if batch.finished {
             return Ok(LoopEnd::Finished);
         }

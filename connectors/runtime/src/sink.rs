@@ -1,11 +1,6 @@
-//! The sink server: what a sink connector uses to receive the engine's output.
-//!
-//! ```text
-//! while let Some(batch) = sink.read_batch(500).await {
-//!     write_to_external_system(&batch).await?;   // confirmed
-//!     sink.ack_all(&batch);                      // only now
-//! }
-//! ```
+//! The sink server: where the sink driver ([`crate::connector`]) receives the engine's
+//! output (`read_batch_linger`) and acknowledges it (`ack_all`) once the connector's `write`
+//! settled every record.
 //!
 //! The server listens on the connector's address from the application file; the engine
 //! connects (and reconnects). Each connection is checked (HELLO version and cookie), granted
@@ -172,19 +167,9 @@ impl Sink {
         })
     }
 
-    /// Reads records from standard input in `format` (acknowledgements are no-ops).
-    /// The input ends at end of file.
-    pub fn stdin(
-        format: Format,
-        max_frame: usize,
-        metrics: ConnectorMetrics,
-        shutdown: CancellationToken,
-    ) -> Sink {
-        Sink::stdin_reporting(format, max_frame, metrics, shutdown, Arc::default())
-    }
-
-    /// [`Sink::stdin`] that leaves the reason in `error` when the input ends on a record it
-    /// cannot read (the runtime then exits non-zero instead of treating it as end of input).
+    /// Reads records from standard input in `format` (acknowledgements are no-ops) until end
+    /// of file; leaves the reason in `error` when the input ends on a record it cannot read
+    /// (the runtime then exits non-zero instead of treating it as end of input).
     pub(crate) fn stdin_reporting(
         format: Format,
         max_frame: usize,
@@ -248,15 +233,6 @@ impl Sink {
             shutdown,
             _listener: None,
         }
-    }
-
-    /// Waits for the next message; `None` when the input ended or shutdown was requested.
-    pub async fn read(&mut self) -> Option<SinkMessage> {
-        if self.ready.is_empty() {
-            let batch = self.recv().await?;
-            self.ready.extend(batch);
-        }
-        self.ready.pop_front()
     }
 
     /// Waits for at least one message, then returns up to `max` that are ready now.
@@ -324,13 +300,8 @@ impl Sink {
         }
     }
 
-    /// Acknowledges `msg` and every earlier message of its stream. Call only after the
-    /// external system confirmed the write.
-    pub fn ack(&self, msg: &SinkMessage) {
-        self.ack_all(std::slice::from_ref(msg));
-    }
-
-    /// Acknowledges every message of `msgs` (the last id per stream is what is sent).
+    /// Acknowledges every message of `msgs` and every earlier one of their streams (the last
+    /// id per stream is what is sent). Only after the external system confirmed the writes.
     pub fn ack_all(&self, msgs: &[SinkMessage]) {
         if msgs.is_empty() {
             return;
