@@ -87,7 +87,7 @@ start_kafka() {
   if port_open 9092; then return; fi
   if ! command -v tansu >/dev/null; then
     say "installing the Tansu Kafka-compatible broker with cargo (about 9 minutes, once)"
-    cargo install tansu --locked --features dynostore >"$LOG_DIR/tansu-install.log" 2>&1 ||
+    cargo install tansu --locked --features dynostore,postgres >"$LOG_DIR/tansu-install.log" 2>&1 ||
       die "cargo install tansu failed (see $LOG_DIR/tansu-install.log)"
   fi
   nohup tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \

@@ -9,6 +9,7 @@
 //! port = 7100
 //! max_credits = 1000
 //! refill_credits = 500
+//! in_flight_bytes = 16777216          # bound of unacknowledged data (the default, 16 MiB)
 //!
 //! [sink_connectors.fahrenheit_conversion]   # the sink listens; the engine connects
 //! path = "/tmp/fahrenheit.sock"
@@ -27,6 +28,9 @@ use thiserror::Error;
 
 /// Default credits granted to a data sender.
 pub const DEFAULT_MAX_CREDITS: u32 = 8192;
+
+/// Default bound of a connector's bytes in flight (`in_flight_bytes`): 16 MiB.
+pub const DEFAULT_IN_FLIGHT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Why an application file could not be used. Each message names the file and what to fix.
 #[derive(Debug, Error)]
@@ -114,6 +118,14 @@ pub struct ConnectorConfig {
     pub max_credits: u32,
     /// Balance at or below which credits are refilled (default: half of `max_credits`).
     pub refill_credits: Option<u32>,
+    /// Bound of this connector's data in flight, in bytes of MESSAGE frames (default 16 MiB).
+    /// A source: what it sent and the engine has not acknowledged end to end (its replay
+    /// copy); the source runtime sends no more while it holds this much, and the engine
+    /// grants no credits while as much from this source is unacknowledged. A sink: the
+    /// engine's buffer of outputs the sink has not acknowledged; the engine grants its
+    /// sources no credits while the buffer holds this much.
+    #[serde(default = "default_in_flight_bytes")]
+    pub in_flight_bytes: u64,
     /// Connector-specific parameters (`--NAME-PARAM` on the command line wins over these).
     #[serde(default)]
     pub params: BTreeMap<String, toml::Value>,
@@ -125,6 +137,10 @@ fn default_host() -> String {
 
 fn default_max_credits() -> u32 {
     DEFAULT_MAX_CREDITS
+}
+
+fn default_in_flight_bytes() -> u64 {
+    DEFAULT_IN_FLIGHT_BYTES
 }
 
 impl ConnectorConfig {
@@ -274,6 +290,11 @@ impl Application {
                         self.invalid(format!("[{dir}.{name}] max_credits must be at least 1"))
                     );
                 }
+                if c.in_flight_bytes == 0 {
+                    return Err(self.invalid(format!(
+                        "[{dir}.{name}] in_flight_bytes must be at least 1 (default {DEFAULT_IN_FLIGHT_BYTES})"
+                    )));
+                }
             }
         }
         for name in self.source_connectors.keys() {
@@ -384,6 +405,23 @@ sinks = ["out"]
             Some(vec!["a=1".to_string(), "b=2".to_string()])
         );
         assert_eq!(app.worker_name, "worker1");
+    }
+
+    #[test]
+    fn in_flight_bytes_defaults_and_must_be_positive() {
+        let app = Application::parse(GOOD, Path::new("a.toml")).unwrap();
+        assert_eq!(
+            app.connector("other").unwrap().1.in_flight_bytes,
+            DEFAULT_IN_FLIGHT_BYTES
+        );
+        let text = "name = \"a\"\n[source_connectors.s]\nport = 1\nin_flight_bytes = 65536\n";
+        let app = Application::parse(text, Path::new("a.toml")).unwrap();
+        assert_eq!(app.connector("s").unwrap().1.in_flight_bytes, 65536);
+        let text = "name = \"a\"\n[sink_connectors.s]\nport = 1\nin_flight_bytes = 0\n";
+        let e = Application::parse(text, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in_flight_bytes must be at least 1"), "{e}");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! `epoch` is durable". Acks are therefore tracked per batch, not per message.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use framing::NOTHING_PROCESSED;
 use rustc_hash::FxHashMap;
+use telemetry::Histogram;
 
 use crate::sink_buffer::SinkOut;
 
@@ -21,8 +23,13 @@ pub(crate) type ConnId = u64;
 struct Mark {
     id: u64,
     count: u64,
+    /// Frame bytes of those messages, and the source connector they came from.
+    bytes: u64,
+    source: usize,
     epoch: u64,
     wm: Box<[u64]>,
+    /// When the batch came in (for the delivery latency).
+    at: Instant,
 }
 
 /// What the engine knows about one source stream.
@@ -72,11 +79,23 @@ pub(crate) struct AckTracker {
     streams: FxHashMap<u64, StreamRec>,
     /// Source messages processed but not yet acknowledged.
     pub in_flight: u64,
+    /// Frame bytes of those messages, per source connector (index).
+    in_flight_bytes: Vec<u64>,
     /// Source messages acknowledged so far (for metrics).
     pub acked_total: u64,
+    /// Time from MESSAGE in to every sink's acknowledgement, per message.
+    pub latency: Histogram,
 }
 
 impl AckTracker {
+    /// A tracker timing each acknowledged message into `latency`.
+    pub fn new(latency: Histogram) -> Self {
+        AckTracker {
+            latency,
+            ..AckTracker::default()
+        }
+    }
+
     /// Restores a stream's durable point from a snapshot.
     pub fn restore(&mut self, stream_id: u64, name: String, point: u64) {
         self.streams.insert(
@@ -178,17 +197,40 @@ impl AckTracker {
         }
     }
 
-    /// Records a batch of `count` fresh messages ending at `id`.
-    pub fn push_mark(&mut self, stream_id: u64, id: u64, count: u64, epoch: u64, wm: Box<[u64]>) {
+    /// Records a batch of `count` fresh messages (`bytes` of frames from source connector
+    /// `source`) ending at `id`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_mark(
+        &mut self,
+        stream_id: u64,
+        id: u64,
+        count: u64,
+        bytes: u64,
+        source: usize,
+        epoch: u64,
+        wm: Box<[u64]>,
+    ) {
         if let Some(rec) = self.streams.get_mut(&stream_id) {
             rec.marks.push_back(Mark {
                 id,
                 count,
+                bytes,
+                source,
                 epoch,
                 wm,
+                at: Instant::now(),
             });
             self.in_flight += count;
+            if self.in_flight_bytes.len() <= source {
+                self.in_flight_bytes.resize(source + 1, 0);
+            }
+            self.in_flight_bytes[source] += bytes;
         }
+    }
+
+    /// Frame bytes from source connector `source` processed but not yet acknowledged.
+    pub fn in_flight_bytes(&self, source: usize) -> u64 {
+        self.in_flight_bytes.get(source).copied().unwrap_or(0)
     }
 
     /// Whether `conn` owns a stream that ended with EOS and still waits for its final ACK.
@@ -226,7 +268,11 @@ impl AckTracker {
                 }
                 rec.done = Some(m.id);
                 self.in_flight -= m.count;
+                if let Some(b) = self.in_flight_bytes.get_mut(m.source) {
+                    *b -= m.bytes;
+                }
                 self.acked_total += m.count;
+                self.latency.observe_n(m.at.elapsed(), m.count);
                 rec.marks.pop_front();
             }
             let Some(conn) = rec.owner else { continue };

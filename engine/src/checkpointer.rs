@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use telemetry::NOTICE;
 use tracing::{error, info, warn};
 
 use crate::checkpoint::{self, Snapshot, SnapshotWriter};
@@ -31,14 +32,11 @@ pub(crate) fn restore(
             "snapshot {} is unusable: {why}; trying the previous one",
             path.display()
         );
-        eprintln!(
-            "engine: snapshot {} is unusable: {why}; trying the previous one",
-            path.display()
-        );
     })
     .map_err(err)?;
     let Some(snap) = snap else {
-        eprintln!(
+        info!(
+            target: NOTICE,
             "engine: no snapshot in {}: starting from an empty state",
             dir.display()
         );
@@ -73,11 +71,12 @@ pub(crate) fn restore(
             ))
         })?;
         if n > 0 {
-            eprintln!("engine: re-sending {n} output(s) to `{name}` that it had not acknowledged before the restart");
+            info!(target: NOTICE, "engine: re-sending {n} output(s) to `{name}` that it had not acknowledged before the restart");
         }
     }
     core.restored_epoch(snap.epoch);
-    eprintln!(
+    info!(
+        target: NOTICE,
         "engine: restored snapshot {} from {}: {} stream(s), {} key(s)",
         snap.epoch,
         dir.display(),
@@ -149,12 +148,8 @@ async fn checkpoint_once(
             c.set_durable(epoch);
             let m = c.metrics();
             m.checkpoints.inc();
-            let ms = total.as_millis() as i64;
-            m.checkpoint_ms.set(ms);
-            if ms > m.checkpoint_max_ms.get() {
-                m.checkpoint_max_ms.set(ms);
-            }
-            m.checkpoint_snapshot_ms.set(snap_time.as_millis() as i64);
+            m.checkpoint_duration.observe(total);
+            m.checkpoint_snapshot.observe(snap_time);
             m.checkpoint_bytes.set(len as i64);
             info!(
                 "checkpoint {epoch}: {keys} keys, {len} bytes, snapshot {:.1} ms, total {:.1} ms",

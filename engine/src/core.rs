@@ -29,6 +29,8 @@ struct ConnOut {
     closing: bool,
     /// Handshake done: ACKs may be sent.
     ready: bool,
+    /// The source connector it belongs to.
+    source: usize,
 }
 
 /// A pipeline bound to its source and sinks.
@@ -42,6 +44,8 @@ pub(crate) struct SourceDef {
     pub name: String,
     pub max_credits: u32,
     pub refill_mark: u32,
+    /// Bound of its unacknowledged frame bytes (`in_flight_bytes` in the application file).
+    pub in_flight_bytes: u64,
     pub pipelines: Vec<BoundPipeline>,
     /// Sinks any of its pipelines write to (for batch marks).
     pub targets: Vec<usize>,
@@ -75,7 +79,6 @@ pub(crate) struct Core {
     durable_epoch: Option<u64>,
     /// Whether anything was processed since the last checkpoint.
     dirty: bool,
-    sink_buffer_bytes: usize,
     max_in_flight: u64,
     metrics: Metrics,
     scratch: Vec<(ConnId, u64, u64)>,
@@ -93,7 +96,6 @@ impl Core {
         sources: Vec<SourceDef>,
         sinks: Vec<SinkOut>,
         resilient: bool,
-        sink_buffer_bytes: usize,
         max_in_flight: u64,
         metrics: Metrics,
     ) -> Self {
@@ -106,11 +108,10 @@ impl Core {
             sinks,
             conns: FxHashMap::default(),
             next_conn: 1,
-            tracker: AckTracker::default(),
+            tracker: AckTracker::new(metrics.latency.clone()),
             epoch: 1,
             durable_epoch: resilient.then_some(0),
             dirty: false,
-            sink_buffer_bytes,
             max_in_flight,
             metrics,
             scratch: Vec::new(),
@@ -162,15 +163,18 @@ impl Core {
         }
     }
 
-    /// Whether the engine may take more input: every sink buffer under its bound and the
-    /// number of unacknowledged source messages under its bound. When false, credits are
-    /// not refilled: that is the back-pressure.
-    fn has_capacity(&self) -> bool {
+    /// Whether the engine may take more input from source connector `source`: its
+    /// unacknowledged frame bytes under its `in_flight_bytes`, the buffer of every sink it
+    /// writes to under that sink's bound, and the number of unacknowledged source messages
+    /// under its bound. When false, its credits are not refilled: that is the back-pressure.
+    fn has_capacity(&self, source: usize) -> bool {
+        let def = &self.sources[source];
         self.tracker.in_flight < self.max_in_flight
-            && self
-                .sinks
+            && self.tracker.in_flight_bytes(source) < def.in_flight_bytes
+            && def
+                .targets
                 .iter()
-                .all(|s| s.buffered() < self.sink_buffer_bytes)
+                .all(|&t| self.sinks[t].buffered() < self.sinks[t].limit())
     }
 
     /// Registers a new source connection.
@@ -187,6 +191,7 @@ impl Core {
                 credits: Credits::receiver(s.max_credits, s.refill_mark),
                 closing: false,
                 ready: false,
+                source,
             },
         );
         (id, wake)
@@ -330,9 +335,9 @@ impl Core {
     }
 
     /// Ends a batch of `source`: records one mark per touched stream (`(stream_id, last
-    /// fresh id, fresh count)`) with the sinks' current output ids, marks the state dirty
-    /// for the next checkpoint and wakes the sinks that have outputs to write.
-    pub fn record_batch(&mut self, source: usize, touched: &[(u64, u64, u64)]) {
+    /// fresh id, fresh count, their frame bytes)`) with the sinks' current output ids, marks
+    /// the state dirty for the next checkpoint and wakes the sinks that have outputs to write.
+    pub fn record_batch(&mut self, source: usize, touched: &[(u64, u64, u64, u64)]) {
         if touched.is_empty() {
             return;
         }
@@ -342,9 +347,9 @@ impl Core {
             wm[t] = self.sinks[t].last_id();
         }
         let wm: Box<[u64]> = wm.into_boxed_slice();
-        for &(sid, last, count) in touched {
+        for &(sid, last, count, bytes) in touched {
             self.tracker
-                .push_mark(sid, last, count, self.epoch, wm.clone());
+                .push_mark(sid, last, count, bytes, source, self.epoch, wm.clone());
         }
         self.dirty = true;
         for &t in targets {
@@ -402,7 +407,6 @@ impl Core {
     /// Resolves marks and sends one ACK per connection that has progress to report or
     /// credits to refill (when the engine has capacity).
     pub fn flush_acks(&mut self) {
-        let cap = self.has_capacity();
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let before = self.tracker.acked_total;
@@ -410,6 +414,10 @@ impl Core {
             .resolve(&self.sinks, self.durable_epoch, &mut scratch);
         self.metrics.acked.add(self.tracker.acked_total - before);
         self.metrics.in_flight.set(self.tracker.in_flight as i64);
+        // After resolving: what was just acknowledged makes room.
+        let cap: Vec<bool> = (0..self.sources.len())
+            .map(|s| self.has_capacity(s))
+            .collect();
         scratch.sort_unstable_by_key(|x| x.0);
         for (id, c) in self.conns.iter_mut() {
             if c.closing || !c.ready {
@@ -418,7 +426,7 @@ impl Core {
             let lo = scratch.partition_point(|x| x.0 < *id);
             let hi = scratch.partition_point(|x| x.0 <= *id);
             let pairs = &scratch[lo..hi];
-            let credits = if cap {
+            let credits = if cap[c.source] {
                 c.credits.refill().unwrap_or(0)
             } else {
                 0

@@ -1,6 +1,7 @@
-//! The engine's counters and gauges, registered in the application's telemetry registry.
+//! The engine's counters, gauges and histograms, registered in the application's telemetry
+//! registry, and the readiness its `/ready` endpoint reports.
 
-use telemetry::{Counter, Gauge, Registry};
+use telemetry::{Counter, Gauge, Histogram, Readiness, Registry};
 
 /// Every error kind the engine counts (`engine_errors_total{kind}`).
 const ERROR_KINDS: &[&str] = &[
@@ -38,12 +39,14 @@ pub(crate) struct Metrics {
     pub credits_granted: Counter,
     pub sink_credits: Gauge,
     pub checkpoints: Counter,
-    pub checkpoint_ms: Gauge,
+    pub checkpoint_duration: Histogram,
     pub checkpoint_failures: Counter,
-    pub checkpoint_max_ms: Gauge,
-    pub checkpoint_snapshot_ms: Gauge,
+    pub checkpoint_snapshot: Histogram,
     pub checkpoint_bytes: Gauge,
-    pub lag: Gauge,
+    /// MESSAGE in to every sink's acknowledgement, per source message.
+    pub latency: Histogram,
+    /// One part per sink connector: connected or why not.
+    pub readiness: Readiness,
 }
 
 impl Metrics {
@@ -107,9 +110,9 @@ impl Metrics {
                 &[],
             ),
             checkpoints: r.counter("engine_checkpoints_total", "Checkpoints written.", &[]),
-            checkpoint_ms: r.gauge(
-                "engine_checkpoint_duration_ms",
-                "Duration of the last checkpoint (snapshot + write + fsync).",
+            checkpoint_duration: r.histogram(
+                "engine_checkpoint_duration_seconds",
+                "Duration of checkpoints (snapshot + write + fsync).",
                 &[],
             ),
             checkpoint_failures: r.counter(
@@ -117,14 +120,9 @@ impl Metrics {
                 "Checkpoints that could not be written.",
                 &[],
             ),
-            checkpoint_max_ms: r.gauge(
-                "engine_checkpoint_max_duration_ms",
-                "Longest checkpoint so far.",
-                &[],
-            ),
-            checkpoint_snapshot_ms: r.gauge(
-                "engine_checkpoint_snapshot_ms",
-                "Time the last checkpoint held the data path (serializing the state).",
+            checkpoint_snapshot: r.histogram(
+                "engine_checkpoint_snapshot_seconds",
+                "Time checkpoints held the data path (serializing the state).",
                 &[],
             ),
             checkpoint_bytes: r.gauge(
@@ -132,7 +130,12 @@ impl Metrics {
                 "Size of the last snapshot file.",
                 &[],
             ),
-            lag: r.gauge("engine_lag", "Unused (always -1).", &[]),
+            latency: r.histogram(
+                "engine_delivery_latency_seconds",
+                "Time from a source MESSAGE in to every sink's acknowledgement of its outputs.",
+                &[],
+            ),
+            readiness: Readiness::default(),
             registry,
         }
     }

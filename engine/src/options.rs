@@ -9,8 +9,9 @@ use application::Application;
 
 use crate::error::EngineError;
 
-/// Default bound of the per-sink buffer of unacknowledged outputs (64 MiB).
-pub const DEFAULT_SINK_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+/// Default bound of the per-sink buffer of unacknowledged outputs: the application file's
+/// default `in_flight_bytes` (16 MiB), which a sink's table can change.
+pub const DEFAULT_SINK_BUFFER_BYTES: usize = application::DEFAULT_IN_FLIGHT_BYTES as usize;
 /// Default bound of source messages processed but not yet acknowledged.
 pub const DEFAULT_MAX_IN_FLIGHT: u64 = 16 * 1024 * 1024;
 
@@ -38,9 +39,10 @@ pub struct EngineArgs {
     /// Number of keyed-state partitions (default: number of cores).
     #[arg(long, value_name = "N")]
     pub partitions: Option<usize>,
-    /// Bound of each sink's buffer of unacknowledged outputs, in bytes.
-    #[arg(long, default_value_t = DEFAULT_SINK_BUFFER_BYTES, value_name = "BYTES")]
-    pub sink_buffer_bytes: usize,
+    /// Bound of each sink's buffer of unacknowledged outputs, in bytes, for every sink
+    /// (default: each sink's `in_flight_bytes` in the application file, else 16 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub sink_buffer_bytes: Option<usize>,
     /// Validate the application file and try the sink addresses, then exit
     /// (0 only if every check passes).
     #[arg(long)]
@@ -114,8 +116,9 @@ pub struct RunOptions {
     pub max_frame_bytes: Option<usize>,
     /// Number of keyed-state partitions.
     pub partitions: usize,
-    /// Bound of each sink's buffer of unacknowledged outputs, in bytes.
-    pub sink_buffer_bytes: usize,
+    /// Bound of each sink's buffer of unacknowledged outputs, in bytes, for every sink;
+    /// `None`: each sink's `in_flight_bytes` from the application file.
+    pub sink_buffer_bytes: Option<usize>,
     /// Bound of source messages processed but not yet acknowledged.
     pub max_in_flight: u64,
 }
@@ -129,7 +132,7 @@ impl Default for RunOptions {
             stats_interval: Duration::from_secs(10),
             max_frame_bytes: None,
             partitions: default_partitions(),
-            sink_buffer_bytes: DEFAULT_SINK_BUFFER_BYTES,
+            sink_buffer_bytes: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }

@@ -131,7 +131,7 @@ pub fn run(app: App, config: Application, options: RunOptions) -> Result<(), Eng
     local.block_on(&rt, async move {
         start(app, &config, &options).await?;
         wait_for_signal().await;
-        eprintln!("engine: shutting down");
+        tracing::info!(target: telemetry::NOTICE, "engine: shutting down");
         Ok(())
     })
 }
@@ -175,6 +175,7 @@ async fn start(
             name: name.clone(),
             max_credits: c.max_credits,
             refill_mark: c.refill_mark(),
+            in_flight_bytes: c.in_flight_bytes,
             pipelines: Vec::new(),
             targets: Vec::new(),
         })
@@ -227,11 +228,16 @@ async fn start(
         .iter()
         .filter_map(|(name, c)| {
             c.endpoint().map(|ep| {
-                SinkOut::new(
+                let mut s = SinkOut::new(
                     name.clone(),
                     ep,
                     format!("{}/{}@{}", config.name, name, start_nanos),
-                )
+                );
+                let bound = options
+                    .sink_buffer_bytes
+                    .unwrap_or(usize::try_from(c.in_flight_bytes).unwrap_or(usize::MAX));
+                s.set_limit(bound);
+                s
             })
         })
         .collect();
@@ -246,7 +252,6 @@ async fn start(
         sources,
         sinks,
         options.resilience_dir.is_some(),
-        options.sink_buffer_bytes,
         options.max_in_flight,
         metrics.clone(),
     );
@@ -272,7 +277,8 @@ async fn start(
         listeners.push(l);
     }
     if options.resilience_dir.is_none() {
-        eprintln!(
+        info!(
+            target: telemetry::NOTICE,
             "engine: no --resilience-dir: running in memory (state is lost when the engine stops)"
         );
     }
@@ -292,7 +298,8 @@ async fn start(
         ));
     }
     if let Some(addr) = options.metrics_addr {
-        let at = telemetry::serve_metrics(addr, metrics.registry.clone())
+        let (registry, readiness) = (metrics.registry.clone(), metrics.readiness.clone());
+        let at = telemetry::serve_ops(addr, registry, readiness)
             .await
             .map_err(|source| EngineError::Io {
                 context: format!("cannot serve metrics on {addr}"),
@@ -300,7 +307,8 @@ async fn start(
             })?;
         info!("metrics on http://{at}/metrics");
     }
-    metrics.lag.set(-1);
+    let lag = telemetry::Gauge::default();
+    lag.set(-1);
     telemetry::spawn_stats_reporter(
         telemetry::StatsSource {
             label: format!("engine {}", config.name),
@@ -308,7 +316,8 @@ async fn start(
             bytes: metrics.bytes_in.clone(),
             acked: metrics.acked.clone(),
             in_flight: metrics.in_flight.clone(),
-            lag: metrics.lag.clone(),
+            lag,
+            latency: metrics.latency.clone(),
         },
         options.stats_interval,
     );

@@ -163,10 +163,14 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
     };
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(2));
     let mut next_report = 0u32;
+    let readiness = core.borrow().metrics().readiness.clone();
+    let part = format!("sink `{name}`");
+    readiness.not_ready(&part, format!("not connected to {endpoint} yet"));
     loop {
         let (mut rd, mut wr) = match net::connect(&endpoint).await {
             Ok(x) => x,
             Err(e) => {
+                readiness.not_ready(&part, format!("{endpoint} unreachable ({e}); retrying"));
                 let delay = backoff.next_delay();
                 if backoff.attempts() == 1 || backoff.attempts() == next_report {
                     next_report = backoff.attempts() + 50;
@@ -185,6 +189,10 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
         .await
         .unwrap_or_else(|_| Err("no answer to HELLO/NOTIFY within 10 s".into()));
         if let Err(e) = hs {
+            readiness.not_ready(
+                &part,
+                format!("handshake with {endpoint} failed ({e}); retrying"),
+            );
             core.borrow().metrics().error("sink_handshake");
             warn!("sink `{name}` at {endpoint}: {e}; retrying with back-off");
             tokio::time::sleep(backoff.next_delay()).await;
@@ -195,6 +203,7 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
         }
         backoff.reset();
         next_report = 0;
+        readiness.ready(&part);
         core.borrow().sink(idx).wake();
         tracing::debug!(
             "sink `{name}` connected; resending from {}",
@@ -210,6 +219,10 @@ pub(crate) async fn sink_task(core: Rc<RefCell<Core>>, idx: usize) {
             c.metrics().reconnects.inc();
             c.metrics().error("sink_disconnected");
         }
+        readiness.not_ready(
+            &part,
+            format!("connection to {endpoint} lost ({reason}); reconnecting"),
+        );
         warn!("sink `{name}` at {endpoint}: {reason}; reconnecting");
         tokio::time::sleep(backoff.next_delay()).await;
     }

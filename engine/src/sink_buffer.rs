@@ -96,6 +96,8 @@ pub(crate) struct SinkOut {
     /// Wakes the writer task.
     wake: Rc<Notify>,
     pool: Pool,
+    /// Bound of [`SinkOut::buffered`]: the sources writing here get no credits at it.
+    limit: usize,
 }
 
 impl SinkOut {
@@ -116,7 +118,18 @@ impl SinkOut {
             credits: 0,
             wake: Rc::new(Notify::new()),
             pool: Pool::default(),
+            limit: application::DEFAULT_IN_FLIGHT_BYTES as usize,
         }
+    }
+
+    /// Sets the bound of the buffer (the sink's `in_flight_bytes`).
+    pub fn set_limit(&mut self, bytes: usize) {
+        self.limit = bytes.max(1);
+    }
+
+    /// The bound of the buffer, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Bytes held for this sink (the bound that makes back-pressure).
@@ -200,7 +213,17 @@ impl SinkOut {
     }
 
     fn seal(&mut self) {
-        if !self.pending.is_empty() {
+        if self.pending.is_empty() {
+            return;
+        }
+        let bytes = if self.pending.len() <= self.pending.capacity() / 2 {
+            // Little was encoded since the writer last ran (a slow sink wakes it often):
+            // copied at its size, so that the memory held follows the bytes buffered rather
+            // than one whole buffer per wake-up; the buffer is kept for what comes next.
+            let bytes = Bytes::copy_from_slice(&self.pending);
+            self.pending.clear();
+            bytes
+        } else {
             let fresh = self
                 .pool
                 .lock()
@@ -208,18 +231,18 @@ impl SinkOut {
                 .pop()
                 .unwrap_or_else(|| BytesMut::with_capacity(CHUNK));
             let full = std::mem::replace(&mut self.pending, fresh);
-            let bytes = Bytes::from_owner(Pooled {
+            Bytes::from_owner(Pooled {
                 buf: full,
                 pool: self.pool.clone(),
-            });
-            self.chunk_bytes += bytes.len();
-            self.chunks.push_back(Chunk {
-                first: self.pending_first,
-                count: self.next_id - self.pending_first,
-                bytes,
-            });
-            self.pending_first = self.next_id;
-        }
+            })
+        };
+        self.chunk_bytes += bytes.len();
+        self.chunks.push_back(Chunk {
+            first: self.pending_first,
+            count: self.next_id - self.pending_first,
+            bytes,
+        });
+        self.pending_first = self.next_id;
     }
 
     /// Slices of encoded frames to write next: everything after `sent`, within credits.
@@ -375,6 +398,32 @@ mod tests {
         assert_eq!(s.buffered(), 0);
         s.on_ack(99);
         assert_eq!(s.acked, 10, "never beyond what was produced");
+    }
+
+    #[test]
+    fn small_and_large_runs_of_outputs_are_sent_alike() {
+        let mut s = sink();
+        s.credits = u64::MAX;
+        let mut out = Vec::new();
+        let mut want = Vec::new();
+        // Runs under half a buffer are copied at their size, larger ones keep their buffer.
+        for run in [3u64, 2000, 1, 1500, 7] {
+            for _ in 0..run {
+                emit(&mut s, &[7u8; 100]);
+                want.push(s.last_id());
+            }
+            s.take_sendable(&mut out);
+        }
+        assert_eq!(ids(&out), want);
+        assert_eq!(s.chunks.len(), 5);
+        assert_eq!(
+            s.buffered(),
+            out.iter().map(|b| b.len()).sum::<usize>(),
+            "buffered counts the bytes held"
+        );
+        s.on_ack(s.last_id());
+        assert_eq!(s.buffered(), 0);
+        assert!(s.chunks.is_empty());
     }
 
     #[test]

@@ -80,8 +80,9 @@ struct Session {
     conn: ConnId,
     source: usize,
     hello_done: bool,
-    /// (stream_id, last fresh id, fresh count) touched in the current batch.
-    touched: Vec<(u64, u64, u64)>,
+    /// (stream_id, last fresh id, fresh count, their frame bytes) touched in the current
+    /// batch.
+    touched: Vec<(u64, u64, u64, u64)>,
     msgs: u64,
     bytes: u64,
     dups: u64,
@@ -312,17 +313,23 @@ fn message(c: &mut Core, s: &mut Session, input: Input<'_>) -> Result<(), ProtoE
     }
     s.msgs += 1;
     s.bytes += input.payload.len() as u64;
+    // What the connector holds for replay until this is acknowledged (in_flight_bytes).
+    let frame = framing::message_frame_len(input.key.len(), input.payload.len()) as u64;
     match s.touched.last_mut() {
         Some(t) if t.0 == input.stream_id => {
             t.1 = input.message_id;
             t.2 += 1;
+            t.3 += frame;
         }
         _ => match s.touched.iter_mut().find(|t| t.0 == input.stream_id) {
             Some(t) => {
                 t.1 = input.message_id;
                 t.2 += 1;
+                t.3 += frame;
             }
-            None => s.touched.push((input.stream_id, input.message_id, 1)),
+            None => s
+                .touched
+                .push((input.stream_id, input.message_id, 1, frame)),
         },
     }
     c.run_pipelines(s.source, &input, &mut s.out);

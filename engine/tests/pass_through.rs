@@ -295,7 +295,7 @@ sinks = ["out"]
         config,
         engine::RunOptions {
             stats_interval: Duration::ZERO,
-            sink_buffer_bytes: 10_000,
+            sink_buffer_bytes: Some(10_000),
             ..Default::default()
         },
     )
@@ -329,6 +329,83 @@ sinks = ["out"]
     );
     assert!(id < 200, "sent {id} messages of 1 kB into a 10 kB buffer");
     // the sink comes up: everything drains, credits come back, all acked
+    let sink = TestSink::start(sink_path);
+    raw.wait_ack(1, id, T);
+    sink.wait_count(id as usize, T);
+    engine.stop().unwrap();
+}
+
+#[test]
+fn a_source_gets_no_credits_while_its_in_flight_bytes_are_unacknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.sock");
+    let sink_path = dir.path().join("sink.sock");
+    // The sink's buffer could take 100 MB: only the source's own bound holds it back.
+    let config = app_file(
+        dir.path(),
+        &format!(
+            r#"
+name = "bp"
+[source_connectors.in]
+path = "{}"
+max_credits = 100
+refill_credits = 50
+in_flight_bytes = 10000
+[sink_connectors.out]
+path = "{}"
+in_flight_bytes = 100000000
+[[pipelines]]
+source = "in"
+sinks = ["out"]
+"#,
+            src.display(),
+            sink_path.display()
+        ),
+    );
+    let pipes = ("in".to_string(), "out".to_string());
+    let engine = engine::spawn(
+        move || {
+            let mut app = engine::App::new();
+            app.pass_through(&pipes.0, &[&pipes.1]);
+            app
+        },
+        config,
+        engine::RunOptions {
+            stats_interval: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut raw = Raw::connect(&src);
+    let mut credits = u64::from(raw.hello(""));
+    raw.notify(1, "one", u64::MAX);
+    credits -= 1;
+    let mut id = 0u64;
+    let mut stalled = false;
+    for _ in 0..1000 {
+        if credits == 0 {
+            match raw.recv(Duration::from_millis(300)) {
+                Some(Frame::Ack { credits: c, .. }) => credits += u64::from(c),
+                Some(f) => panic!("{f:?}"),
+                None => {
+                    stalled = true;
+                    break;
+                }
+            }
+            continue;
+        }
+        id += 1;
+        raw.send(&msg(1, id, b"", &[1u8; 1000]));
+        credits -= 1;
+    }
+    assert!(
+        stalled,
+        "the engine kept granting credits past in_flight_bytes"
+    );
+    assert!(
+        id < 200,
+        "sent {id} unacknowledged messages of 1 kB with a 10 kB bound"
+    );
     let sink = TestSink::start(sink_path);
     raw.wait_ack(1, id, T);
     sink.wait_count(id as usize, T);

@@ -2,9 +2,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::histogram::{short_duration, Histogram};
 use crate::registry::{Counter, Gauge};
 
-/// What the stats line reports: message and byte counters, plus in-flight and lag gauges.
+/// What the stats line reports: message and byte counters, in-flight and lag gauges, and
+/// the latency whose p50/p99 over the interval it prints.
 #[derive(Debug, Clone)]
 pub struct StatsSource {
     /// Label at the start of the line (program and connector name).
@@ -19,10 +21,14 @@ pub struct StatsSource {
     pub in_flight: Gauge,
     /// Upstream lag where the system reports it (-1 when unknown).
     pub lag: Gauge,
+    /// The latency reported as `p50=`/`p99=` (delivery for sources and the engine, the
+    /// external write for sinks).
+    pub latency: Histogram,
 }
 
 /// Spawns a task printing one line per `interval`: totals, rates since the last line,
-/// in-flight and lag. Does nothing when `interval` is zero.
+/// in-flight, lag and the latency's p50/p99 over the interval. Does nothing when
+/// `interval` is zero.
 pub fn spawn_stats_reporter(source: StatsSource, interval: Duration) {
     if interval.is_zero() {
         return;
@@ -31,6 +37,7 @@ pub fn spawn_stats_reporter(source: StatsSource, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
         let mut last = (Instant::now(), source.messages.get(), source.bytes.get());
+        let mut last_latency = source.latency.snapshot();
         loop {
             tick.tick().await;
             let now = Instant::now();
@@ -42,8 +49,15 @@ pub fn spawn_stats_reporter(source: StatsSource, interval: Duration) {
                 l if l < 0 => "n/a".to_string(),
                 l => l.to_string(),
             };
+            let latency = source.latency.snapshot();
+            let interval = latency.since(&last_latency);
+            let quantile = |q| {
+                interval
+                    .quantile(q)
+                    .map_or_else(|| "n/a".to_string(), short_duration)
+            };
             eprintln!(
-                "stats {}: messages={} bytes={} rate={:.0}/s {:.2}MB/s acked={} in_flight={} lag={}",
+                "stats {}: messages={} bytes={} rate={:.0}/s {:.2}MB/s acked={} in_flight={} lag={} p50={} p99={}",
                 source.label,
                 m,
                 b,
@@ -51,9 +65,12 @@ pub fn spawn_stats_reporter(source: StatsSource, interval: Duration) {
                 mbps,
                 source.acked.get(),
                 source.in_flight.get(),
-                lag
+                lag,
+                quantile(0.5),
+                quantile(0.99),
             );
             last = (now, m, b);
+            last_latency = latency;
         }
     });
 }

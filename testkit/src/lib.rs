@@ -6,7 +6,10 @@
 //! environment variables set by `scripts/services.sh`, with loopback defaults; a service that
 //! is not reachable fails the test with a message saying how to start it.
 
+pub mod proxy;
 pub mod shell;
+
+pub use proxy::Proxy;
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};

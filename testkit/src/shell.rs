@@ -79,16 +79,29 @@ impl OpenStdin {
 
 /// GETs `/metrics` from 127.0.0.1:`port`; the body, or "" when nothing answers.
 pub fn scrape(port: u16) -> String {
+    http_get(port, "/metrics").1
+}
+
+/// GETs `path` from 127.0.0.1:`port`: the status code and the body, or `(0, "")` when
+/// nothing answers.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
+        return (0, String::new());
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let _ = s.write_all(request.as_bytes());
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return (0, String::new());
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
 }
 
 /// The value of the series `name` whose labels include every `labels` pair (`k="v"`).

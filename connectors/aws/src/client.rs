@@ -237,7 +237,12 @@ where
     );
     loop {
         let e = match call().await {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                if backoff.attempts() > 0 {
+                    ctx.external().up();
+                }
+                return Ok(v);
+            }
             Err(e) => e,
         };
         let failure = classify(&e);
@@ -250,6 +255,8 @@ where
             Failure::Transient(m) => {
                 ctx.metrics.reconnects.inc();
                 ctx.metrics.error("aws");
+                ctx.external()
+                    .down(format!("{what} failing ({m}); retrying"));
                 if should_warn(backoff.attempts()) {
                     tracing::warn!("{what} keeps failing ({m}); retrying with back-off (is the service reachable?)");
                 } else {

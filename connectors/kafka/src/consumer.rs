@@ -136,6 +136,9 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, stats: Statistics) {
+        if stats.brokers.values().any(|b| b.state == "UP") {
+            self.metrics.readiness.ready("kafka");
+        }
         let lag: i64 = stats
             .topics
             .values()

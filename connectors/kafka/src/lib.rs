@@ -153,7 +153,15 @@ pub fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
 /// counted; a lost broker connection also counts as a reconnect.
 pub fn client_error(metrics: &ConnectorMetrics, error: &KafkaError, reason: &str) {
     match error.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::BrokerTransportFailure) | Some(RDKafkaErrorCode::AllBrokersDown) => {
+        Some(
+            code @ (RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown),
+        ) => {
+            if code == RDKafkaErrorCode::AllBrokersDown {
+                metrics.readiness.not_ready(
+                    "kafka",
+                    format!("all brokers are down ({reason}); librdkafka keeps retrying"),
+                );
+            }
             metrics.reconnects.inc();
             metrics.error("kafka_transport");
             if let Some(n) = repeated("transport") {

@@ -118,6 +118,7 @@ pub async fn connect(config: &Config, ctx: &Context, reconnect: bool) -> Result<
         };
         match attempt {
             Ok(c) => {
+                ctx.external().up();
                 if reconnect {
                     ctx.metrics.reconnects.inc();
                     tracing::warn!(
@@ -131,6 +132,10 @@ pub async fn connect(config: &Config, ctx: &Context, reconnect: bool) -> Result<
             }
             Err(e) if is_fatal_connect(&e) => return Err(fatal_connect(&where_, &e)),
             Err(e) => {
+                ctx.external().down(format!(
+                    "PostgreSQL at {where_} not reachable ({}); retrying",
+                    describe(&e)
+                ));
                 let delay = backoff.next_delay();
                 if backoff.attempts() % 20 == 1 {
                     tracing::warn!(
@@ -155,14 +160,16 @@ pub async fn reconnect_once(config: &Config, ctx: &Context) -> Result<Result<PgC
     match connect_once(config).await {
         Ok(c) => {
             ctx.metrics.reconnects.inc();
+            ctx.external().up();
             tracing::warn!("reconnected to PostgreSQL at {where_}");
             Ok(Ok(c))
         }
         Err(e) if is_fatal_connect(&e) => Err(fatal_connect(&where_, &e)),
-        Err(e) => Ok(Err(format!(
-            "PostgreSQL at {where_} not reachable: {}",
-            describe(&e)
-        ))),
+        Err(e) => {
+            let why = format!("PostgreSQL at {where_} not reachable: {}", describe(&e));
+            ctx.external().down(format!("{why}; retrying"));
+            Ok(Err(why))
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 use std::future::Future;
 
 use connector_runtime::prelude::*;
-use connector_runtime::ShuttingDown;
+use connector_runtime::{External, ShuttingDown};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::ShortString;
 use lapin::uri::AMQPUri;
@@ -174,6 +174,8 @@ pub struct Link<S> {
     retry_at: Option<Instant>,
     opened_at: Instant,
     down_since: Option<Instant>,
+    /// The broker's part of `/ready` (known once `open` was called with the context).
+    external: Option<External>,
 }
 
 impl<S: AsRef<Connection> + Send + 'static> Link<S> {
@@ -190,6 +192,7 @@ impl<S: AsRef<Connection> + Send + 'static> Link<S> {
             retry_at: None,
             opened_at: Instant::now(),
             down_since: None,
+            external: None,
         }
     }
 
@@ -229,6 +232,8 @@ impl<S: AsRef<Connection> + Send + 'static> Link<S> {
                 Ok(session) => self.opened(ctx, session),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Transient(why)) => {
+                    ctx.external()
+                        .down(format!("{}: {why}; retrying", self.what));
                     let delay = self.failures.next_delay();
                     self.retry_at = Some(Instant::now() + delay);
                     self.down_since.get_or_insert_with(Instant::now);
@@ -247,6 +252,8 @@ impl<S: AsRef<Connection> + Send + 'static> Link<S> {
     }
 
     fn opened(&mut self, ctx: &Context, session: S) {
+        let external = self.external.get_or_insert_with(|| ctx.external());
+        external.up();
         if let Some(since) = self.down_since.take() {
             if self.epoch > 0 {
                 ctx.metrics.reconnects.inc();
@@ -285,6 +292,9 @@ impl<S: AsRef<Connection> + Send + 'static> Link<S> {
     /// schedule the reconnect; `then` says what happens to the connector's work meanwhile.
     pub fn lost(&mut self, why: &str, then: &str) {
         tracing::warn!("lost the broker connection ({why}); {then}");
+        if let Some(external) = &self.external {
+            external.down(format!("lost the broker connection ({why}); reconnecting"));
+        }
         self.session = None;
         if self.opened_at.elapsed() >= Duration::from_secs(60) {
             self.pacing.reset();

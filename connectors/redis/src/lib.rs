@@ -21,13 +21,13 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use connector_runtime::{Backoff, Context, Outcomes, ShuttingDown};
+use connector_runtime::{Backoff, Context, External, Outcomes, ShuttingDown};
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo,
     RedisConnectionInfo, RedisError, RedisResult, ServerErrorKind, Value,
 };
-use telemetry::Counter;
+use telemetry::{Counter, FloatCounter};
 
 pub use entries::{
     group_info, next_message_id, parse_entries, parse_xautoclaim, parse_xread, Entry, EntryId,
@@ -321,23 +321,26 @@ fn cannot_connect(e: RedisError, target: &str) -> anyhow::Error {
     ))
 }
 
-/// Tracks outages of a connection: reconnects and the time spent disconnected, as metrics.
+/// Tracks outages of a connection: reconnects and the time spent disconnected, as metrics,
+/// and Redis's part of `/ready`.
 pub struct Outage {
     since: Option<Instant>,
     ever_connected: bool,
     reconnects: Counter,
-    down_ms: Counter,
+    down_seconds: FloatCounter,
+    external: External,
 }
 
 impl Outage {
-    /// Registers `redis_disconnected_milliseconds_total` beside the standard reconnect counter.
+    /// Registers `redis_disconnected_seconds_total` beside the standard reconnect counter.
     pub fn new(ctx: &Context) -> Outage {
         Outage {
             since: None,
             ever_connected: false,
             reconnects: ctx.metrics.reconnects.clone(),
-            down_ms: ctx.metrics.registry.counter(
-                "redis_disconnected_milliseconds_total",
+            external: ctx.external(),
+            down_seconds: ctx.metrics.registry.float_counter(
+                "redis_disconnected_seconds_total",
                 "Time spent without a Redis connection after the first one.",
                 &[],
             ),
@@ -346,6 +349,8 @@ impl Outage {
 
     /// The connection was lost (keeps the earliest time of an ongoing outage).
     pub fn lost(&mut self) {
+        self.external
+            .down("lost the connection to Redis; reconnecting");
         if self.ever_connected && self.since.is_none() {
             self.since = Some(Instant::now());
         }
@@ -356,13 +361,14 @@ impl Outage {
     pub fn restored(&mut self) -> Option<Duration> {
         let first = !self.ever_connected;
         self.ever_connected = true;
+        self.external.up();
         let down = self.since.take().map(|t| t.elapsed());
         if first {
             return None;
         }
         self.reconnects.inc();
         let down = down.unwrap_or_default();
-        self.down_ms.add(down.as_millis() as u64);
+        self.down_seconds.add(down.as_secs_f64());
         Some(down)
     }
 }
@@ -384,6 +390,8 @@ where
         match open().await {
             Ok(c) => return Ok(c),
             Err(e) if retryable(&e) => {
+                ctx.external()
+                    .down(format!("Redis at {target} not reachable ({e}); retrying"));
                 let delay = backoff.next_delay();
                 if worth_logging(backoff) {
                     tracing::warn!(

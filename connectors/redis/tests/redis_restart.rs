@@ -217,3 +217,66 @@ fn subscriber_source_subscribes_again_after_a_redis_restart() {
     assert_all_delivered(&input, &output, 0);
     out.del(&[&output_stream]);
 }
+
+/// `/ready` of a connector follows its external system: 200 while Redis answers, 503 with
+/// the reason while it is down (`/health` stays 200: the process is alive), 200 again once
+/// it is back; and nothing sent before, during or after is lost.
+#[test]
+fn ready_goes_503_while_redis_is_down() {
+    let _lock = heavy();
+    let mut server = OwnRedis::start();
+    let url = server.url();
+    let mut r = Client::connect(&url);
+    let (input_stream, output_stream) = ("in", "out");
+    let ops = testkit::free_port();
+    let ops_addr = format!("127.0.0.1:{ops}");
+    let mut p = Pipeline::start(
+        &url,
+        (
+            "redis_stream_source",
+            &["--in-stream", input_stream, "--metrics-addr", &ops_addr],
+        ),
+        &[("redis_stream_sink", "o", &["--o-stream", output_stream])],
+        "",
+    );
+    let ready = || testkit::shell::http_get(ops, "/ready");
+    let becomes = |code: u16, reason: &str, p: &Pipeline| {
+        let ok = testkit::wait_until(Duration::from_secs(30), || {
+            let (c, body) = ready();
+            c == code && body.contains(reason)
+        });
+        let (c, body) = ready();
+        assert!(
+            ok,
+            "expected {code} with `{reason}`, got {c}: {body}\n{}",
+            p.logs()
+        );
+        assert_eq!(testkit::shell::http_get(ops, "/health").0, 200);
+    };
+    let first: Vec<Msg> = (0..100).map(message).collect();
+    r.xadd_all(input_stream, &first);
+    wait_for(
+        "100 entries out",
+        Duration::from_secs(30),
+        || p.logs(),
+        || r.xlen(output_stream) >= 100,
+    );
+    becomes(200, "ready", &p);
+
+    server.proc.kill9();
+    becomes(503, "redis:", &p);
+    server.proc = OwnRedis::spawn(&server.dir, server.port);
+    r.reconnect();
+    becomes(200, "ready", &p);
+    let second: Vec<Msg> = (100..200).map(message).collect();
+    r.xadd_all(input_stream, &second);
+    wait_for(
+        "200 entries out",
+        Duration::from_secs(30),
+        || p.logs(),
+        || r.xlen(output_stream) >= 200,
+    );
+    p.stop();
+    let input: Vec<Msg> = first.into_iter().chain(second).collect();
+    assert_all_delivered(&input, &r.read_stream(output_stream), 100);
+}

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use application::{Application, Endpoint};
+use application::{Application, Direction, Endpoint};
 use connector_runtime::client::SourceClient;
 use connector_runtime::format::Format;
 use connector_runtime::metrics::ConnectorMetrics;
@@ -59,7 +59,7 @@ fn run(label: &str, unix: bool, messages: u64, payload: usize) {
                     max_credits: 65536,
                     max_frame: 1 << 24,
                 },
-                ConnectorMetrics::new("bench_sink", "out"),
+                ConnectorMetrics::new("bench_sink", "out", Direction::Sink),
                 CancellationToken::new(),
             )
             .await
@@ -109,7 +109,7 @@ fn run(label: &str, unix: bool, messages: u64, payload: usize) {
             src_ep,
             hello,
             1 << 24,
-            ConnectorMetrics::new("bench_source", "feed"),
+            ConnectorMetrics::new("bench_source", "feed", Direction::Source),
             CancellationToken::new(),
         );
         let s = source

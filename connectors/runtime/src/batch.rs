@@ -5,6 +5,7 @@
 //! client's memory to the socket.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use framing::{encode_message, stream_id_for};
@@ -62,6 +63,9 @@ pub struct Batch<T> {
     /// Records and payload bytes pushed since the metrics were last updated (counted here,
     /// not per record in the shared counters).
     pushed: (u64, u64),
+    /// When the first record now in the batch was pushed: its read, for the delivery
+    /// latency (one clock reading per batch, not per record).
+    pub(crate) read_at: Instant,
 }
 
 impl<T> Batch<T> {
@@ -75,6 +79,7 @@ impl<T> Batch<T> {
             ends: Vec::new(),
             finished: false,
             pushed: (0, 0),
+            read_at: Instant::now(),
         }
     }
 
@@ -104,6 +109,9 @@ impl<T> Batch<T> {
         payload: &[u8],
         token: T,
     ) {
+        if self.items.is_empty() {
+            self.read_at = Instant::now();
+        }
         self.pushed.0 += 1;
         self.pushed.1 += payload.len() as u64;
         let start = self.buf.len();

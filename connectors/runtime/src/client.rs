@@ -132,6 +132,9 @@ pub struct SourceClient<T> {
     skipped: telemetry::Counter,
     /// Chunks written so far (numbers the chunks the ledgers keep for replay).
     chunks_sent: u64,
+    /// Most frame bytes sent and not yet acknowledged, over every stream (the connector's
+    /// `in_flight_bytes`): the replay copy never holds more, except one frame larger than it.
+    max_in_flight_bytes: usize,
 }
 
 impl<T> SourceClient<T> {
@@ -144,6 +147,10 @@ impl<T> SourceClient<T> {
         metrics: ConnectorMetrics,
         shutdown: CancellationToken,
     ) -> Self {
+        metrics.readiness.not_ready(
+            "engine",
+            format!("not connected to the engine at {endpoint} yet"),
+        );
         Self::with_link(
             Link::Engine {
                 endpoint,
@@ -181,7 +188,21 @@ impl<T> SourceClient<T> {
             notify_answer: None,
             skipped,
             chunks_sent: 0,
+            max_in_flight_bytes: application::DEFAULT_IN_FLIGHT_BYTES as usize,
         }
+    }
+
+    /// Bounds the frame bytes sent and not yet acknowledged (`in_flight_bytes` of the
+    /// connector's table in the application file; 16 MiB unless set): sending waits for
+    /// the engine's acknowledgements at that bound. A frame larger than the bound is still
+    /// sent, alone.
+    pub fn set_in_flight_bytes(&mut self, bytes: u64) {
+        self.max_in_flight_bytes = usize::try_from(bytes).unwrap_or(usize::MAX).max(1);
+    }
+
+    /// Frame bytes sent and not acknowledged yet, over every stream.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.streams.values().map(|s| s.ledger.bytes()).sum()
     }
 
     /// Where records the protocol cannot carry go (`--dead-letter DIR`); without it such a
@@ -243,7 +264,7 @@ impl<T> SourceClient<T> {
             id,
             OpenStream {
                 name: name.to_string(),
-                ledger: Ledger::new(resume),
+                ledger: Ledger::new(resume, self.metrics.latency.clone()),
                 skip_upto: resume,
             },
         );
@@ -314,7 +335,13 @@ impl<T> SourceClient<T> {
             return Ok(true);
         }
         let credits = self.wait_for_credit().await?;
-        // The run of encoded records, up to the credits and the next record that needs care.
+        let first = match batch.items.front() {
+            Some(Item::Encoded { len, .. }) => *len as usize,
+            _ => 0,
+        };
+        let room = self.wait_for_room(first).await?;
+        // The run of encoded records, up to the credits, the room left under
+        // `in_flight_bytes` and the next record that needs care.
         let mut n = 0usize;
         let mut bytes = 0usize;
         let mut payload_bytes = 0usize;
@@ -334,7 +361,7 @@ impl<T> SourceClient<T> {
                         .streams
                         .get(stream)
                         .is_some_and(|s| s.skip_upto.is_none_or(|p| *id > p));
-                    if !plain {
+                    if !plain || (n > 0 && bytes + *len as usize > room) {
                         break;
                     }
                     n += 1;
@@ -363,8 +390,15 @@ impl<T> SourceClient<T> {
                 written.push(token);
             } else if let Some(open) = self.streams.get_mut(&stream) {
                 open.skip_upto = None;
-                open.ledger
-                    .push_sent(id, self.chunks_sent, &chunk, at, len as usize, token);
+                open.ledger.push_sent(
+                    id,
+                    self.chunks_sent,
+                    &chunk,
+                    batch.read_at,
+                    at,
+                    len as usize,
+                    token,
+                );
             }
             at += len as usize;
         }
@@ -381,6 +415,9 @@ impl<T> SourceClient<T> {
             Link::Stdout(out) => {
                 // Only what was written counts as done: a closed pipe releases nothing.
                 write_stdout(out, &chunk).await.map_err(LinkError::Fatal)?;
+                self.metrics
+                    .latency
+                    .observe_n(batch.read_at.elapsed(), n as u64);
                 self.metrics.acked.add(n as u64);
                 self.released.append(&mut written);
             }
@@ -611,6 +648,33 @@ impl<T> SourceClient<T> {
         }
     }
 
+    /// Waits until a frame of `need` bytes fits under `in_flight_bytes` (or nothing is in
+    /// flight); returns the room left. Once at the bound, it waits until a quarter of it is
+    /// free again, so that sending resumes in sizeable runs rather than a few frames per
+    /// acknowledgement.
+    async fn wait_for_room(&mut self, need: usize) -> Result<usize, LinkError> {
+        let mut limit = self.max_in_flight_bytes;
+        loop {
+            match &self.link {
+                Link::Stdout(_) => return Ok(usize::MAX),
+                Link::Engine {
+                    broken: Some(why), ..
+                } => return Err(LinkError::Lost(why.clone())),
+                Link::Engine { .. } => {}
+            }
+            let held = self.in_flight_bytes();
+            if held == 0 || held + need <= limit {
+                return Ok(self.max_in_flight_bytes.saturating_sub(held).max(need));
+            }
+            limit = self.max_in_flight_bytes - self.max_in_flight_bytes / 4;
+            let shutdown = self.shutdown.clone();
+            tokio::select! {
+                _ = self.next_event() => {}
+                _ = shutdown.cancelled() => return Err(LinkError::Fatal(ShuttingDown.into())),
+            }
+        }
+    }
+
     async fn write(&mut self, chunk: &Bytes) -> Result<(), LinkError> {
         let Link::Engine { conn, .. } = &mut self.link else {
             return Ok(());
@@ -631,6 +695,10 @@ impl<T> SourceClient<T> {
             bail!("engine reported an error: {msg}");
         }
         tracing::warn!("lost the engine connection: {why}; reconnecting");
+        self.metrics.readiness.not_ready(
+            "engine",
+            format!("lost the engine connection ({why}); reconnecting"),
+        );
         self.metrics.error("engine_connection");
         self.reconnect().await?;
         self.metrics.reconnects.inc();
@@ -674,6 +742,7 @@ impl<T> SourceClient<T> {
             match self.resume_streams().await {
                 Ok(()) => {
                     tracing::info!("connected to engine at {endpoint}");
+                    self.metrics.readiness.ready("engine");
                     return Ok(());
                 }
                 Err(LinkError::Fatal(e)) => return Err(e),

@@ -325,13 +325,16 @@ pub(crate) async fn run_sink<K: SinkConnector>(
     let batching = connector.batching();
     let mut outcomes = Outcomes::default();
     let mut backoff = Backoff::default();
+    let external = ctx.external();
     while let Some(batch) = sink.read_batch_linger(batching.max, batching.linger).await {
         // The batch itself first; then only the records to write again.
         let mut retry: Option<Vec<SinkMessage>> = None;
         loop {
             let todo = retry.as_deref().unwrap_or(&batch);
             outcomes.reset(todo.len());
+            let started = Instant::now();
             connector.write(todo, &mut outcomes).await?;
+            let took = started.elapsed();
             let (mut written, mut bytes) = (0u64, 0u64);
             let mut again = Vec::new();
             let mut why_retry = None;
@@ -350,11 +353,17 @@ pub(crate) async fn run_sink<K: SinkConnector>(
             }
             ctx.metrics.messages_out.add(written);
             ctx.metrics.bytes_out.add(bytes);
+            ctx.metrics.latency.observe_n(took, written);
             let Some(why) = why_retry else {
+                external.up();
                 backoff.reset();
                 break;
             };
             ctx.metrics.error("retry");
+            external.down(format!(
+                "writes failing ({why}); {} records waiting to be written again",
+                again.len()
+            ));
             let delay = backoff.next_delay();
             if backoff.attempts() == 1 || backoff.attempts() % 10 == 0 {
                 tracing::warn!(

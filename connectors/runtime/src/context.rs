@@ -101,4 +101,40 @@ impl Context {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
     }
+
+    /// The external system's part of `/ready`, named after the program (`kafka` for
+    /// `kafka_source`). The runtime marks it up once the connector was built and, for
+    /// sinks, down while writes must be retried; a connector that reconnects on its own
+    /// marks it down when it loses the connection and up once it has it again.
+    pub fn external(&self) -> External {
+        let system = self.program.split('_').next().unwrap_or(self.program);
+        External {
+            system: system.to_string(),
+            readiness: self.metrics.readiness.clone(),
+        }
+    }
+}
+
+/// The external system's side of the connector's readiness (see [`Context::external`]).
+#[derive(Debug, Clone)]
+pub struct External {
+    system: String,
+    readiness: telemetry::Readiness,
+}
+
+impl External {
+    /// The system's name, as `/ready` reports it.
+    pub fn system(&self) -> &str {
+        &self.system
+    }
+
+    /// Connected and working.
+    pub fn up(&self) {
+        self.readiness.ready(&self.system);
+    }
+
+    /// Not usable, for `reason` (one line: what failed and what is being done about it).
+    pub fn down(&self, reason: impl Into<String>) {
+        self.readiness.not_ready(&self.system, reason);
+    }
 }

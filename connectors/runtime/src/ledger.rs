@@ -9,8 +9,10 @@
 //! soon as everything before it is.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::Bytes;
+use telemetry::Histogram;
 
 /// Where a frame lies: bytes `start..start + len` of chunk number `chunk`.
 #[derive(Debug, Clone, Copy)]
@@ -33,12 +35,17 @@ struct Entry<T> {
 #[derive(Debug)]
 pub struct Ledger<T> {
     entries: VecDeque<Entry<T>>,
-    /// Written chunks still holding frames of `entries`, with their numbers.
-    chunks: VecDeque<(u64, Bytes)>,
+    /// Written chunks still holding frames of `entries`, with their numbers and when their
+    /// records were read upstream.
+    chunks: VecDeque<(u64, Bytes, Instant)>,
     /// Entries that carry a frame (the ones the engine still has to acknowledge).
     waiting: usize,
+    /// Bytes of those entries' frames (what `in_flight_bytes` bounds).
+    bytes: usize,
     /// Highest id the engine acknowledged on this stream.
     acked: Option<u64>,
+    /// Where the time from read to acknowledgement of each released frame goes.
+    latency: Histogram,
 }
 
 impl<T> Default for Ledger<T> {
@@ -47,35 +54,43 @@ impl<T> Default for Ledger<T> {
             entries: VecDeque::new(),
             chunks: VecDeque::new(),
             waiting: 0,
+            bytes: 0,
             acked: None,
+            latency: Histogram::default(),
         }
     }
 }
 
 impl<T> Ledger<T> {
-    /// A ledger for a stream the engine has processed up to `acked`.
-    pub fn new(acked: Option<u64>) -> Self {
+    /// A ledger for a stream the engine has processed up to `acked`, recording into
+    /// `latency` how long each acknowledged record took from its read.
+    pub fn new(acked: Option<u64>, latency: Histogram) -> Self {
         Ledger {
             acked,
+            latency,
             ..Ledger::default()
         }
     }
 
     /// Records a message sent as bytes `start..start + len` of `chunk`, the written chunk
-    /// number `chunk_no` (numbers increase; one chunk may hold frames of several streams).
+    /// number `chunk_no` (numbers increase; one chunk may hold frames of several streams),
+    /// whose records were read upstream at `read_at`.
+    #[allow(clippy::too_many_arguments)]
     pub fn push_sent(
         &mut self,
         id: u64,
         chunk_no: u64,
         chunk: &Bytes,
+        read_at: Instant,
         start: usize,
         len: usize,
         token: T,
     ) {
-        if self.chunks.back().is_none_or(|(n, _)| *n != chunk_no) {
-            self.chunks.push_back((chunk_no, chunk.clone()));
+        if self.chunks.back().is_none_or(|(n, _, _)| *n != chunk_no) {
+            self.chunks.push_back((chunk_no, chunk.clone(), read_at));
         }
         self.waiting += 1;
+        self.bytes += len;
         let frame = FrameAt {
             chunk: chunk_no,
             start: start as u32,
@@ -110,6 +125,8 @@ impl<T> Ledger<T> {
     /// them had been sent with a frame.
     pub fn release(&mut self, out: &mut Vec<T>) -> usize {
         let mut framed = 0;
+        // Released frames of one chunk at a time, for the latency histogram.
+        let mut run: Option<(u64, u64)> = None;
         while let Some(e) = self.entries.front() {
             let done = e.frame.is_none() || self.acked.is_some_and(|a| e.id <= a);
             if !done {
@@ -118,11 +135,20 @@ impl<T> Ledger<T> {
             let Some(e) = self.entries.pop_front() else {
                 break;
             };
-            if e.frame.is_some() {
+            if let Some(f) = e.frame {
                 framed += 1;
+                match &mut run {
+                    Some((chunk, n)) if *chunk == f.chunk => *n += 1,
+                    _ => {
+                        self.observe(run);
+                        run = Some((f.chunk, 1));
+                    }
+                }
+                self.bytes -= f.len as usize;
             }
             out.push(e.token);
         }
+        self.observe(run);
         self.waiting -= framed;
         // Chunks before the first frame still waiting are no longer needed.
         let keep_from = self
@@ -130,10 +156,18 @@ impl<T> Ledger<T> {
             .iter()
             .find_map(|e| e.frame.map(|f| f.chunk))
             .unwrap_or(u64::MAX);
-        while self.chunks.front().is_some_and(|(n, _)| *n < keep_from) {
+        while self.chunks.front().is_some_and(|(n, _, _)| *n < keep_from) {
             self.chunks.pop_front();
         }
         framed
+    }
+
+    /// Records the latency of `n` acknowledged frames of chunk `chunk`.
+    fn observe(&self, run: Option<(u64, u64)>) {
+        let Some((chunk, n)) = run else { return };
+        if let Some((_, _, read_at)) = self.chunks.iter().find(|(c, _, _)| *c == chunk) {
+            self.latency.observe_n(read_at.elapsed(), n);
+        }
     }
 
     /// Highest id the engine acknowledged.
@@ -145,7 +179,7 @@ impl<T> Ledger<T> {
     pub fn unacked_frames(&self) -> impl Iterator<Item = Bytes> + '_ {
         self.entries.iter().filter_map(|e| {
             let f = e.frame?;
-            let (_, chunk) = self.chunks.iter().find(|(n, _)| *n == f.chunk)?;
+            let (_, chunk, _) = self.chunks.iter().find(|(n, _, _)| *n == f.chunk)?;
             let start = f.start as usize;
             Some(chunk.slice(start..start + f.len as usize))
         })
@@ -154,6 +188,11 @@ impl<T> Ledger<T> {
     /// Messages sent and not acknowledged.
     pub fn waiting(&self) -> usize {
         self.waiting
+    }
+
+    /// Bytes of the frames sent and not acknowledged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether nothing is left (no message waiting, no token held back).
@@ -169,13 +208,13 @@ mod tests {
     fn sent(l: &mut Ledger<u64>, ids: std::ops::RangeInclusive<u64>, chunk_no: u64) {
         let chunk = Bytes::from(ids.clone().map(|i| i as u8).collect::<Vec<u8>>());
         for (at, id) in ids.enumerate() {
-            l.push_sent(id, chunk_no, &chunk, at, 1, id * 10);
+            l.push_sent(id, chunk_no, &chunk, Instant::now(), at, 1, id * 10);
         }
     }
 
     #[test]
     fn tokens_come_back_in_order_and_only_up_to_the_point() {
-        let mut l = Ledger::new(None);
+        let mut l = Ledger::new(None, Histogram::default());
         sent(&mut l, 1..=4, 0);
         let mut out = Vec::new();
         assert_eq!(l.ack(2, &mut out), 2);
@@ -193,8 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn every_acknowledged_frame_is_timed_once() {
+        let latency = Histogram::default();
+        let mut l = Ledger::new(None, latency.clone());
+        sent(&mut l, 1..=3, 0);
+        sent(&mut l, 4..=5, 1);
+        l.push_done(6, 60);
+        let mut out = Vec::new();
+        l.ack(4, &mut out);
+        assert_eq!(latency.count(), 4);
+        l.ack(6, &mut out);
+        assert_eq!(latency.count(), 5, "set-aside records are not timed");
+    }
+
+    #[test]
     fn chunks_are_kept_while_one_of_their_frames_waits() {
-        let mut l = Ledger::new(None);
+        let mut l = Ledger::new(None, Histogram::default());
         sent(&mut l, 1..=2, 0);
         sent(&mut l, 3..=4, 1);
         let mut out = Vec::new();
@@ -207,17 +260,19 @@ mod tests {
             replay,
             vec![Bytes::from_static(&[3]), Bytes::from_static(&[4])]
         );
+        assert_eq!(l.bytes(), 2);
         l.ack(4, &mut out);
         assert!(l.chunks.is_empty() && l.is_empty());
+        assert_eq!(l.bytes(), 0);
     }
 
     #[test]
     fn entries_without_a_frame_wait_only_for_those_before_them() {
-        let mut l = Ledger::new(None);
+        let mut l = Ledger::new(None, Histogram::default());
         let chunk = Bytes::from_static(b"ab");
-        l.push_sent(1, 0, &chunk, 0, 1, 'a');
+        l.push_sent(1, 0, &chunk, Instant::now(), 0, 1, 'a');
         l.push_done(2, 'b');
-        l.push_sent(3, 0, &chunk, 1, 1, 'c');
+        l.push_sent(3, 0, &chunk, Instant::now(), 1, 1, 'c');
         let mut out = Vec::new();
         assert_eq!(l.release(&mut out), 0);
         assert!(

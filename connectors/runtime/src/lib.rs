@@ -39,12 +39,12 @@ pub use batch::Batch;
 pub use check::Check;
 pub use client::{OutputClosed, ShuttingDown, StreamHandle};
 pub use connector::{Batching, Outcome, Outcomes, SinkConnector, SourceConnector};
-pub use context::Context;
+pub use context::{Context, External};
 pub use framing::Backoff;
 pub use run::{sink, source, Connector};
 pub use sink::{Sink, SinkMessage};
 
-pub use telemetry::{Counter, Gauge};
+pub use telemetry::{Counter, FloatCounter, FloatGauge, Gauge, Histogram};
 
 /// Nanoseconds since the Unix epoch: a start for message ids that must keep increasing
 /// across restarts of a connector whose upstream has no ids of its own.

@@ -1,7 +1,8 @@
 //! The standard metric set of a connector, registered once and shared by the runtime and the
-//! connector file.
+//! connector file, with the readiness its `/ready` endpoint reports.
 
-use telemetry::{Counter, Gauge, Registry, StatsSource};
+use application::Direction;
+use telemetry::{Counter, Gauge, Histogram, Readiness, Registry, StatsSource};
 
 /// Error kinds counted by the runtime (`connector_errors_total{kind=...}`): `refused` (a
 /// message the external system permanently refused, see `Context::dead_letter`),
@@ -35,12 +36,30 @@ pub struct ConnectorMetrics {
     pub lag: Gauge,
     /// Messages written to the dead-letter directory.
     pub dead_letters: Counter,
+    /// Sources: seconds from a record read upstream to the engine's acknowledgement
+    /// (`connector_delivery_latency_seconds`). Sinks: seconds the external write took
+    /// (`connector_write_latency_seconds`). One observation per record.
+    pub latency: Histogram,
+    /// What `/ready` reports: the engine link and the external system.
+    pub readiness: Readiness,
 }
 
 impl ConnectorMetrics {
-    /// Registers the standard set for `program`/`connector`.
-    pub fn new(program: &str, connector: &str) -> Self {
+    /// Registers the standard set for `program`/`connector`, a source or a sink.
+    pub fn new(program: &str, connector: &str, direction: Direction) -> Self {
         let registry = Registry::with_labels(&[("program", program), ("connector", connector)]);
+        let latency = match direction {
+            Direction::Source => registry.histogram(
+                "connector_delivery_latency_seconds",
+                "Time from a record read upstream to the engine's acknowledgement of it.",
+                &[],
+            ),
+            Direction::Sink => registry.histogram(
+                "connector_write_latency_seconds",
+                "Time the external system took to confirm a write, per record written.",
+                &[],
+            ),
+        };
         let messages_in = registry.counter(
             "connector_messages_total",
             "Messages moved, by direction.",
@@ -108,6 +127,8 @@ impl ConnectorMetrics {
             messages_out,
             bytes_out,
             lag,
+            latency,
+            readiness: Readiness::default(),
         }
     }
 
@@ -123,17 +144,16 @@ impl ConnectorMetrics {
     }
 
     /// What the stats line reports: what left the connector, i.e. messages sent to the engine
-    /// (sources) or written to the external system (sinks). `source` is kept for callers.
-    pub fn stats_source(&self, label: String, source: bool) -> StatsSource {
-        let _ = source;
-        let (messages, bytes) = (self.messages_out.clone(), self.bytes_out.clone());
+    /// (sources) or written to the external system (sinks), and the latency's p50/p99.
+    pub fn stats_source(&self, label: String) -> StatsSource {
         StatsSource {
             label,
-            messages,
-            bytes,
+            messages: self.messages_out.clone(),
+            bytes: self.bytes_out.clone(),
             acked: self.acked.clone(),
             in_flight: self.in_flight.clone(),
             lag: self.lag.clone(),
+            latency: self.latency.clone(),
         }
     }
 }

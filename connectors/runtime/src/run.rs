@@ -38,7 +38,7 @@ fn start(spec: &ConnectorSpec) -> Result<Option<(Context, tokio::runtime::Runtim
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let metrics = ConnectorMetrics::new(spec.program, &options.connector);
+    let metrics = ConnectorMetrics::new(spec.program, &options.connector, spec.direction);
     let shutdown = CancellationToken::new();
     let ctx = Context::new(spec.program, options, params, metrics, shutdown)?;
     Ok(Some((ctx, rt)))
@@ -77,7 +77,7 @@ async fn open_sink(ctx: &Context, input_error: Arc<Mutex<Option<String>>>) -> Re
             let endpoint = config
                 .endpoint()
                 .ok_or_else(|| anyhow!("connector `{}` has no port or path", ctx.connector))?;
-            Sink::listen(
+            let mut sink = Sink::listen(
                 SinkServerConfig {
                     endpoint,
                     cookie,
@@ -87,7 +87,9 @@ async fn open_sink(ctx: &Context, input_error: Arc<Mutex<Option<String>>>) -> Re
                 ctx.metrics.clone(),
                 ctx.shutdown.clone(),
             )
-            .await?
+            .await?;
+            sink.set_in_flight_bytes(config.in_flight_bytes);
+            sink
         }
     })
 }
@@ -134,7 +136,6 @@ where
             return ExitCode::from(2);
         }
     };
-    let direction = spec.direction;
     let code = rt.block_on(async move {
         if ctx.options.check {
             return run_checks(ctx, spec, check).await;
@@ -148,17 +149,19 @@ where
             eprintln!("{program}: second signal, exiting now");
             std::process::exit(130);
         });
+        let external = ctx.external();
+        external.down(format!("not connected to {} yet", external.system()));
         if let Some(addr) = ctx.options.metrics_addr {
-            if let Err(e) = telemetry::serve_metrics(addr, ctx.metrics.registry.clone()).await {
+            let (registry, readiness) =
+                (ctx.metrics.registry.clone(), ctx.metrics.readiness.clone());
+            if let Err(e) = telemetry::serve_ops(addr, registry, readiness).await {
                 eprintln!("{program}: cannot serve metrics on {addr}: {e}");
                 return ExitCode::from(2);
             }
         }
         telemetry::spawn_stats_reporter(
-            ctx.metrics.stats_source(
-                format!("{program}/{}", ctx.connector),
-                direction == Direction::Source,
-            ),
+            ctx.metrics
+                .stats_source(format!("{program}/{}", ctx.connector)),
             Duration::from_secs(ctx.options.stats_interval),
         );
         match body(ctx).await {
@@ -443,7 +446,11 @@ where
                 ),
             };
             client.set_dead_letters(ctx.dead_letters());
+            if let Some(c) = &ctx.options.config {
+                client.set_in_flight_bytes(c.in_flight_bytes);
+            }
             let mut connector = start(ctx.clone(), params).await?;
+            ctx.external().up();
             connector::run_source(&ctx, &mut connector, &mut client).await
         })
     }
@@ -470,6 +477,7 @@ where
             let input_error: Arc<Mutex<Option<String>>> = Arc::default();
             let mut sink = open_sink(&ctx, input_error.clone()).await?;
             let mut connector = start(ctx.clone(), params).await?;
+            ctx.external().up();
             connector::run_sink(&ctx, &mut connector, &mut sink).await?;
             bad_input(&input_error)
         })

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 
 use framing::StreamMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +79,8 @@ pub struct Sink {
     metrics: ConnectorMetrics,
     shutdown: CancellationToken,
     _listener: Option<Arc<Listener>>,
+    /// [`Sink::read_batch_linger`] stops lingering once a batch holds this many frame bytes.
+    linger_bytes: usize,
 }
 
 /// Settings of the protocol server.
@@ -109,6 +112,11 @@ impl Sink {
         let (tx, rx) = mpsc::channel(64);
         let routes: AckRoutes = Arc::default();
         let delivered: Arc<Mutex<StreamMap<u64>>> = Arc::default();
+        let engines = Arc::new(AtomicUsize::new(0));
+        metrics.readiness.not_ready(
+            "engine",
+            format!("waiting for the engine to connect to {}", config.endpoint),
+        );
         let accept = listener.clone();
         let routes2 = routes.clone();
         let metrics2 = metrics.clone();
@@ -136,6 +144,7 @@ impl Sink {
                             out: tx.clone(),
                             delivered: delivered.clone(),
                             metrics: metrics2.clone(),
+                            engines: engines.clone(),
                         };
                         let routes3 = routes2.clone();
                         tokio::spawn(async move {
@@ -164,6 +173,7 @@ impl Sink {
             metrics,
             shutdown,
             _listener: Some(listener),
+            linger_bytes: usize::MAX,
         })
     }
 
@@ -232,6 +242,7 @@ impl Sink {
             metrics,
             shutdown,
             _listener: None,
+            linger_bytes: usize::MAX,
         }
     }
 
@@ -250,8 +261,16 @@ impl Sink {
         Some(self.take_ready(max))
     }
 
+    /// The engine holds at most `bytes` of this sink's unacknowledged outputs (the sink's
+    /// `in_flight_bytes`): [`Sink::read_batch_linger`] stops lingering at half of that, as
+    /// more may never come before the sink acknowledges.
+    pub fn set_in_flight_bytes(&mut self, bytes: u64) {
+        self.linger_bytes = usize::try_from(bytes / 2).unwrap_or(usize::MAX).max(1);
+    }
+
     /// Like [`Sink::read_batch`], but keeps collecting for up to `linger` (or until `max`
-    /// messages) after the first one arrives: fewer, larger writes to the external system.
+    /// messages, or half the sink's `in_flight_bytes` of frames) after the first one
+    /// arrives: fewer, larger writes to the external system.
     pub async fn read_batch_linger(
         &mut self,
         max: usize,
@@ -261,8 +280,14 @@ impl Sink {
         if linger.is_zero() {
             return Some(out);
         }
+        let frame_bytes = |m: &[SinkMessage]| -> usize {
+            m.iter()
+                .map(|m| framing::message_frame_len(m.key.len(), m.payload.len()))
+                .sum()
+        };
+        let mut bytes = frame_bytes(&out);
         let deadline = tokio::time::Instant::now() + linger;
-        while out.len() < max {
+        while out.len() < max && bytes < self.linger_bytes {
             if self.ready.is_empty() {
                 let next = tokio::select! {
                     b = self.rx.recv() => b,
@@ -275,6 +300,7 @@ impl Sink {
                 }
             }
             let more = self.take_ready(max - out.len());
+            bytes += frame_bytes(&more);
             out.extend(more);
         }
         Some(out)
@@ -346,6 +372,42 @@ struct Session {
     /// Last point acknowledged per stream, across connections (answers NOTIFY).
     delivered: Arc<Mutex<StreamMap<u64>>>,
     metrics: ConnectorMetrics,
+    /// Engine connections past HELLO, over all sessions (for `/ready`).
+    engines: Arc<AtomicUsize>,
+}
+
+/// Counts one engine connection past HELLO while it lives; the last one to go makes the
+/// sink not ready.
+struct EngineConnected {
+    engines: Arc<AtomicUsize>,
+    metrics: ConnectorMetrics,
+    endpoint: Endpoint,
+}
+
+impl EngineConnected {
+    fn new(session: &Session) -> Self {
+        session.engines.fetch_add(1, Ordering::SeqCst);
+        session.metrics.readiness.ready("engine");
+        EngineConnected {
+            engines: session.engines.clone(),
+            metrics: session.metrics.clone(),
+            endpoint: session.config.endpoint.clone(),
+        }
+    }
+}
+
+impl Drop for EngineConnected {
+    fn drop(&mut self) {
+        if self.engines.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.metrics.readiness.not_ready(
+                "engine",
+                format!(
+                    "the engine disconnected; waiting for it to connect to {} again",
+                    self.endpoint
+                ),
+            );
+        }
+    }
 }
 
 impl Session {
@@ -390,6 +452,7 @@ impl Session {
         .map_err(|e| e.to_string())?;
         write.write_all(&c.wbuf).await.map_err(|e| e.to_string())?;
         c.wbuf.clear();
+        let _connected = EngineConnected::new(&self);
         self.metrics.credits.set(c.credits.balance() as i64);
         // From here on frames are read in place from the connection's buffer.
         let parts = framed.into_parts();

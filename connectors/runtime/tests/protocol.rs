@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use application::Endpoint;
+use application::{Direction, Endpoint};
 use bytes::{Bytes, BytesMut};
 use connector_runtime::client::SourceClient;
 use connector_runtime::format::Format;
@@ -52,7 +52,7 @@ fn source_for(endpoint: Endpoint) -> SourceClient<u64> {
         endpoint,
         hello(""),
         1 << 20,
-        ConnectorMetrics::new("t", "t"),
+        ConnectorMetrics::new("t", "t", Direction::Source),
         CancellationToken::new(),
     )
 }
@@ -380,7 +380,7 @@ async fn sink_server(cookie: &str, max_credits: u32) -> (Sink, u16) {
             max_credits,
             max_frame: 1 << 20,
         },
-        ConnectorMetrics::new("t", "t"),
+        ConnectorMetrics::new("t", "t", Direction::Sink),
         CancellationToken::new(),
     )
     .await
@@ -658,4 +658,69 @@ async fn a_replay_longer_than_the_engines_credits_is_sent_as_credits_come() {
     .await
     .unwrap();
     assert_eq!(client.await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn source_holds_at_most_in_flight_bytes_unacknowledged() {
+    // Key "k" and a 10-byte payload: 42-byte frames; a bound of ten frames.
+    let frame = framing::message_frame_len(1, 10);
+    let (listener, endpoint) = engine_listener().await;
+    let client = tokio::spawn(async move {
+        let mut source = source_for(endpoint);
+        source.set_in_flight_bytes(10 * frame as u64);
+        let s = source.open("bounded", None).await.unwrap();
+        send(&mut source, s.id, 1..=100, |id| {
+            format!("{id:010}").into_bytes()
+        })
+        .await;
+        assert!(source.in_flight_bytes() <= 10 * frame);
+        assert_eq!(
+            source.drain(None, Duration::from_secs(20)).await.unwrap(),
+            0
+        );
+        assert_eq!(source.take_released(), (1..=100).collect::<Vec<u64>>());
+    });
+    let (sock, _) = listener.accept().await.unwrap();
+    let mut f = Framed::new(sock, ProtocolCodec::default());
+    assert!(matches!(next(&mut f).await, Frame::Hello(_)));
+    // Credits for everything: only the byte bound holds the source back.
+    f.send(Frame::Ok {
+        initial_credits: 1000,
+    })
+    .await
+    .unwrap();
+    let sid = match next(&mut f).await {
+        Frame::Notify { stream_id, .. } => stream_id,
+        other => panic!("expected NOTIFY, got {other:?}"),
+    };
+    f.send(Frame::NotifyAck {
+        success: true,
+        stream_id: sid,
+        point_of_ref: NOTHING_PROCESSED,
+    })
+    .await
+    .unwrap();
+    let mut last = 0u64;
+    while last < 100 {
+        // Everything the source sends before the next acknowledgement.
+        let mut window = 0;
+        while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_millis(300), f.next()).await
+        {
+            let id = msg_id(&frame.unwrap());
+            assert_eq!(id, last + 1, "in order, nothing skipped");
+            last = id;
+            window += 1;
+        }
+        assert!(
+            (1..=10).contains(&window),
+            "{window} messages unacknowledged at once (bound: 10 frames)"
+        );
+        f.send(Frame::Ack {
+            credits: 0,
+            acks: vec![(sid, last)],
+        })
+        .await
+        .unwrap();
+    }
+    client.await.unwrap();
 }

@@ -1,9 +1,11 @@
 //! `--metrics-addr` and `--stats-interval` during a real run: stdin_source -> engine ->
-//! stdout_sink, each serving Prometheus text; the counters must match what was sent.
+//! stdout_sink, each serving Prometheus text, `/health` and `/ready`; the counters and
+//! latency histograms must match what was sent, and readiness must follow the processes
+//! each one depends on.
 
 use std::time::Duration;
 
-use testkit::shell::{must, scrape, OpenStdin};
+use testkit::shell::{http_get, must, scrape, OpenStdin};
 use testkit::{bin, free_port, start_connector, start_engine, wait_until, AppFile};
 
 #[test]
@@ -129,7 +131,32 @@ fn metrics_match_what_was_sent() {
         "{snk}"
     );
 
-    // The stats line (--stats-interval 1) reports the same totals on stderr.
+    // Latency: exactly one observation per record on each hop (source read -> engine ACK,
+    // engine MESSAGE in -> sink ACK, the sink's write), all below +Inf.
+    for (text, name) in [
+        (&src, "connector_delivery_latency_seconds"),
+        (&eng, "engine_delivery_latency_seconds"),
+        (&snk, "connector_write_latency_seconds"),
+    ] {
+        assert_eq!(must(text, &format!("{name}_count"), &[]), n, "{text}");
+        let inf = must(text, &format!("{name}_bucket"), &[("le", "+Inf")]);
+        assert_eq!(inf, n, "{text}");
+        let sum = must(text, &format!("{name}_sum"), &[]);
+        assert!(sum > 0.0 && sum < n * 30.0, "{name}_sum {sum}:\n{text}");
+        assert!(text.contains(&format!("# TYPE {name} histogram")), "{text}");
+    }
+    // The operations endpoints of all three: alive, ready (each is connected to what it
+    // depends on), 404 elsewhere.
+    for (port, who) in [(src_m, "source"), (engine_m, "engine"), (sink_m, "sink")] {
+        assert_eq!(http_get(port, "/health").0, 200, "{who} /health");
+        let (code, body) = http_get(port, "/ready");
+        assert_eq!(code, 200, "{who} /ready: {body}");
+        let (code, body) = http_get(port, "/nope");
+        assert_eq!(code, 404, "{who} /nope: {body}");
+    }
+
+    // The stats line (--stats-interval 1) reports the same totals on stderr, and the
+    // delivery latency's p50/p99 of an interval in which records were acknowledged.
     let expect = format!("stats stdin_source/in: messages={n} bytes={bytes}");
     assert!(
         wait_until(Duration::from_secs(5), || source
@@ -137,6 +164,18 @@ fn metrics_match_what_was_sent() {
             .stderr()
             .contains(&expect)),
         "no `{expect}` line in:\n{}",
+        source.proc.stderr()
+    );
+    let timed = |line: &str| {
+        let value = |key: &str| {
+            line.split_once(key)
+                .is_some_and(|(_, v)| v.starts_with(|c: char| c.is_ascii_digit()))
+        };
+        line.starts_with("stats stdin_source/in:") && value(" p50=") && value(" p99=")
+    };
+    assert!(
+        source.proc.stderr().lines().any(timed),
+        "no stats line with p50/p99 values in:\n{}",
         source.proc.stderr()
     );
     source.close();
@@ -208,6 +247,85 @@ fn reconnects_and_lost_connections_are_counted() {
     assert_eq!(
         must(&after, "connector_messages_total", &[("direction", "out")]),
         3.0
+    );
+    source.close();
+    assert!(source
+        .proc
+        .wait_timeout(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+}
+
+/// `/ready` answers 503 with the reason while a process a binary depends on is gone, and
+/// 200 again once it is back: the engine's sink for the engine, the engine for both
+/// connectors. `/health` stays 200 throughout.
+#[test]
+fn ready_follows_the_engine_and_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_port, sink_port) = (free_port(), free_port());
+    let (src_m, engine_m, sink_m) = (free_port(), free_port(), free_port());
+    let app = AppFile::new("ready")
+        .source("in", src_port, "")
+        .sink("out", sink_port, "")
+        .pipeline("in", &["out"])
+        .write(dir.path());
+    let sink_args = ["--metrics-addr".to_string(), format!("127.0.0.1:{sink_m}")];
+    let mut sink = start_connector(dir.path(), "stdout_sink", &app, "out", &sink_args);
+    let engine_m_addr = format!("127.0.0.1:{engine_m}");
+    let engine_args = ["--metrics-addr", engine_m_addr.as_str()];
+    let mut engine = start_engine(dir.path(), "engine", &app, &engine_args, &[src_port]);
+    let mut source = OpenStdin::spawn(
+        dir.path(),
+        "stdin_source",
+        &bin("stdin_source"),
+        &[
+            "--application-module".into(),
+            app.display().to_string(),
+            "--connector".into(),
+            "in".into(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{src_m}"),
+        ],
+    );
+    let ready = |port| http_get(port, "/ready");
+    let becomes = |port: u16, code: u16, reason: &str| {
+        let ok = wait_until(Duration::from_secs(30), || {
+            let (c, body) = ready(port);
+            c == code && body.contains(reason)
+        });
+        let (c, body) = ready(port);
+        assert!(
+            ok,
+            "expected {code} with `{reason}` on port {port}, got {c}: {body}"
+        );
+        assert_eq!(http_get(port, "/health").0, 200, "port {port} /health");
+    };
+    source.write(b"one\n");
+    assert!(wait_until(Duration::from_secs(20), || sink.stdout() == b"one\n"));
+    for port in [src_m, engine_m, sink_m] {
+        becomes(port, 200, "ready");
+    }
+
+    // The sink dies: the engine is not ready, and says which sink; back once it returns.
+    sink.kill9();
+    becomes(engine_m, 503, "sink `out`");
+    becomes(src_m, 200, "ready");
+    let sink = start_connector(dir.path(), "stdout_sink", &app, "out", &sink_args);
+    becomes(engine_m, 200, "ready");
+    becomes(sink_m, 200, "ready");
+
+    // The engine dies: both connectors say the engine is what they miss.
+    engine.kill9();
+    becomes(src_m, 503, "engine");
+    becomes(sink_m, 503, "engine");
+    let _engine = start_engine(dir.path(), "engine2", &app, &engine_args, &[src_port]);
+    becomes(src_m, 200, "ready");
+    becomes(sink_m, 200, "ready");
+    becomes(engine_m, 200, "ready");
+    source.write(b"two\n");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.stdout() == b"two\n"),
+        "{:?}",
+        String::from_utf8_lossy(&sink.stdout())
     );
     source.close();
     assert!(source

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{Record, ShardIteratorType};
-use connector_runtime::{Backoff, Batch, Context, Gauge, StreamHandle};
+use connector_runtime::{Backoff, Batch, Context, FloatGauge, StreamHandle};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -187,7 +187,7 @@ struct Active {
     /// The reading task and its number (started by [`ShardReader::opened`]).
     reader: u64,
     task: Option<JoinHandle<()>>,
-    behind: Option<Gauge>,
+    behind: Option<FloatGauge>,
 }
 
 /// What every GetRecords task of a stream shares.
@@ -426,7 +426,7 @@ impl ShardReader {
             Fetched::Listed(_) => return Ok(0),
         };
         if let (Some(g), Some(ms)) = (&a.behind, behind) {
-            g.set(ms);
+            g.set(ms as f64 / 1e3);
         }
         let n = records.len();
         for r in records {
@@ -539,8 +539,8 @@ impl ShardReader {
         self.readers.insert(a.reader, a.shard.to_string());
         let help = "How far behind the shard's newest record the reader is.";
         let shard: &str = &a.shard;
-        a.behind = Some(self.ctx.metrics.registry.gauge(
-            "kinesis_millis_behind_latest",
+        a.behind = Some(self.ctx.metrics.registry.float_gauge(
+            "kinesis_behind_latest_seconds",
             help,
             &[("shard", shard)],
         ));
@@ -677,7 +677,12 @@ async fn read_shard(
             .shard_iterator(&iterator)
             .limit(settings.limit);
         let out = match req.send().await {
-            Ok(out) => out,
+            Ok(out) => {
+                if backoff.attempts() > 0 {
+                    ctx.external().up();
+                }
+                out
+            }
             Err(e) if error_code(&e) == Some("ExpiredIteratorException") => {
                 let from = last_seq
                     .clone()
@@ -693,6 +698,8 @@ async fn read_shard(
                     Failure::Transient(m) => {
                         ctx.metrics.reconnects.inc();
                         ctx.metrics.error("aws");
+                        ctx.external()
+                            .down(format!("GetRecords on {shard} failing ({m}); retrying"));
                         if client::should_warn(backoff.attempts()) {
                             tracing::warn!("GetRecords on {shard} keeps failing ({m}); retrying");
                         } else {

@@ -6,7 +6,7 @@
 //! not subscribed (Redis restarting, network down, this process restarting) is lost, and so
 //! is one that arrives while `buffer` messages are already waiting for the engine (the
 //! engine is slower than the publishers). Both are reported: the reconnect log line says how
-//! long the subscription was down (metric `redis_disconnected_milliseconds_total`), and
+//! long the subscription was down (metric `redis_disconnected_seconds_total`), and
 //! `redis_pubsub_dropped_total` counts buffer overflows. Use redis_stream_source when
 //! nothing may be lost.
 //!
