@@ -213,6 +213,9 @@ pub struct Application {
     pub worker_name: String,
     /// Maximum frame size in bytes (default 16 MiB).
     pub max_frame_bytes: Option<usize>,
+    /// Whether keyed state belongs to the engine or to each source stream (default engine).
+    #[serde(default)]
+    pub state_scope: StateScope,
     /// Source connectors by name.
     #[serde(default)]
     pub source_connectors: BTreeMap<String, ConnectorConfig>,
@@ -225,6 +228,20 @@ pub struct Application {
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// Who owns keyed state: `state_scope` in the application file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateScope {
+    /// One state store for the whole engine: a key's state sees every stream's messages.
+    /// Right for one engine; its checkpoint belongs to that engine.
+    #[default]
+    Engine,
+    /// One state store per source stream (a Kafka partition, a Kinesis shard): the state of
+    /// a stream travels with the stream through the checkpoint store when another engine
+    /// takes the stream over (scale-out over the upstream's own consumer groups).
+    Stream,
 }
 
 fn default_worker() -> String {
@@ -405,6 +422,16 @@ sinks = ["out"]
             Some(vec!["a=1".to_string(), "b=2".to_string()])
         );
         assert_eq!(app.worker_name, "worker1");
+        assert_eq!(app.state_scope, StateScope::Engine);
+        let text = format!("state_scope = \"stream\"\n{GOOD}");
+        let app = Application::parse(&text, Path::new("a.toml")).unwrap();
+        assert_eq!(app.state_scope, StateScope::Stream);
+        let text = format!("state_scope = \"pair\"\n{GOOD}");
+        let e = Application::parse(&text, Path::new("a.toml")).unwrap_err();
+        assert!(
+            e.to_string().contains("expected `engine` or `stream`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub(crate) struct StreamRec {
     /// Whether an ACK pair for this stream went out on the owning connection.
     conn_pair_sent: bool,
     eos: bool,
+    /// Stream scope: the last epoch whose slice of this stream is durable.
+    durable_epoch: u64,
+    /// Stream scope: the EOS waits for the stream's final (released) slice.
+    eos_hold: bool,
+    /// Stream scope: another engine took the stream over; what still comes is dropped
+    /// and never acknowledged, and an EOS is answered at once.
+    fenced: bool,
 }
 
 /// Result of a NOTIFY.
@@ -110,8 +117,88 @@ impl AckTracker {
                 conn_last_acked: None,
                 conn_pair_sent: false,
                 eos: false,
+                durable_epoch: 0,
+                eos_hold: false,
+                fenced: false,
             },
         );
+    }
+
+    /// Stream scope: the EOS of `stream_id` is answered only after [`AckTracker::release_eos`].
+    pub fn hold_eos(&mut self, stream_id: u64) {
+        if let Some(r) = self.streams.get_mut(&stream_id) {
+            r.eos_hold = true;
+        }
+    }
+
+    /// Stream scope: the final slice of `stream_id` is durable; its EOS may be answered.
+    pub fn release_eos(&mut self, stream_id: u64) {
+        if let Some(r) = self.streams.get_mut(&stream_id) {
+            r.eos_hold = false;
+        }
+    }
+
+    /// Whether `stream_id` ended (EOS) and waits for its final slice.
+    pub fn eos_held(&self, stream_id: u64) -> bool {
+        self.streams
+            .get(&stream_id)
+            .is_some_and(|r| r.eos && r.eos_hold)
+    }
+
+    /// Stream scope: another engine owns `stream_id` now. Its pending marks are dropped
+    /// unacknowledged (the new owner processes those messages again); while a connection
+    /// still sends it, its messages are dropped and its EOS answered at once. Returns
+    /// whether a connection still owns it (else it is forgotten).
+    pub fn fence(&mut self, stream_id: u64) -> bool {
+        if self.owner(stream_id).is_none() {
+            self.forget(stream_id);
+            return false;
+        }
+        let Some(rec) = self.streams.get_mut(&stream_id) else {
+            return false;
+        };
+        for m in rec.marks.drain(..) {
+            self.in_flight -= m.count;
+            if let Some(b) = self.in_flight_bytes.get_mut(m.source) {
+                *b -= m.bytes;
+            }
+        }
+        rec.fenced = true;
+        rec.eos_hold = false;
+        true
+    }
+
+    /// Stream scope: the slice of `stream_id` taken in `epoch` is durable.
+    pub fn set_stream_durable(&mut self, stream_id: u64, epoch: u64) {
+        if let Some(r) = self.streams.get_mut(&stream_id) {
+            r.durable_epoch = r.durable_epoch.max(epoch);
+        }
+    }
+
+    /// Stream name and last processed id of `stream_id` (what its slice records).
+    pub fn stream_point(&self, stream_id: u64) -> Option<(&str, Option<u64>)> {
+        self.streams
+            .get(&stream_id)
+            .map(|r| (r.name.as_str(), r.last_processed))
+    }
+
+    /// The connection that owns `stream_id`, if any.
+    pub fn owner(&self, stream_id: u64) -> Option<ConnId> {
+        self.streams.get(&stream_id).and_then(|r| r.owner)
+    }
+
+    /// Forgets `stream_id` entirely (its state moved to another engine): its pending marks
+    /// are dropped unacknowledged, so their messages are processed again by the stream's
+    /// next owner. Returns the connection that owned it.
+    pub fn forget(&mut self, stream_id: u64) -> Option<ConnId> {
+        let rec = self.streams.remove(&stream_id)?;
+        for m in &rec.marks {
+            self.in_flight -= m.count;
+            if let Some(b) = self.in_flight_bytes.get_mut(m.source) {
+                *b -= m.bytes;
+            }
+        }
+        rec.owner
     }
 
     /// `(stream_id, name, last processed id)` of every stream that processed something: what
@@ -143,6 +230,9 @@ impl AckTracker {
             conn_last_acked: None,
             conn_pair_sent: false,
             eos: false,
+            durable_epoch: 0,
+            eos_hold: false,
+            fenced: false,
         });
         let nothing = if asked == NOTHING_PROCESSED {
             NOTHING_PROCESSED
@@ -158,6 +248,8 @@ impl AckTracker {
         }
         rec.owner = Some(conn);
         rec.eos = false;
+        rec.eos_hold = false;
+        rec.fenced = false;
         rec.conn_max_received = None;
         rec.conn_last_acked = rec.done;
         rec.conn_pair_sent = false;
@@ -174,6 +266,9 @@ impl AckTracker {
             Some(r) if r.owner == Some(conn) && !r.eos => r,
             _ => return Err(AcceptError::NotNotified(stream_id)),
         };
+        if rec.fenced {
+            return Ok(false);
+        }
         if !matches!(rec.conn_max_received, Some(m) if id <= m) {
             rec.conn_max_received = Some(id);
         }
@@ -252,16 +347,20 @@ impl AckTracker {
     }
 
     /// Pops every resolved mark and appends `(conn, stream_id, point)` for each ACK pair
-    /// to send. `durable_epoch` is `None` when the engine runs without checkpoints.
+    /// to send, and to `ended` the streams whose EOS was answered. `durable_epoch` is
+    /// `None` when the engine runs without checkpoints (a stream's own durable epoch counts
+    /// too, in stream scope).
     pub fn resolve(
         &mut self,
         sinks: &[SinkOut],
         durable_epoch: Option<u64>,
         out: &mut Vec<(ConnId, u64, u64)>,
+        ended: &mut Vec<u64>,
     ) {
         for (sid, rec) in self.streams.iter_mut() {
             while let Some(m) = rec.marks.front() {
-                let durable = !matches!(durable_epoch, Some(d) if m.epoch > d);
+                let durable =
+                    !matches!(durable_epoch, Some(d) if m.epoch > d.max(rec.durable_epoch));
                 let delivered = m.wm.iter().zip(sinks).all(|(w, s)| s.acked() >= *w);
                 if !(durable && delivered) {
                     break;
@@ -285,7 +384,11 @@ impl AckTracker {
                     out.push((conn, *sid, point));
                 }
             }
-            if rec.eos && rec.marks.is_empty() && rec.conn_last_acked >= rec.conn_max_received {
+            if rec.eos
+                && !rec.eos_hold
+                && rec.marks.is_empty()
+                && (rec.fenced || rec.conn_last_acked >= rec.conn_max_received)
+            {
                 // EOS is answered with the final point. When an ACK pair already carried
                 // it, not again: the connector may have sent EOS before that ACK reached it
                 // and close the stream on it (Wallaroo's client then fails on a second
@@ -296,6 +399,7 @@ impl AckTracker {
                 }
                 rec.owner = None;
                 rec.eos = false;
+                ended.push(*sid);
             }
         }
     }

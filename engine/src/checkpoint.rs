@@ -98,7 +98,8 @@ fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(v)
 }
 
-fn put_short(out: &mut Vec<u8>, s: &str) {
+/// Appends a `u16 length, bytes` string (cut at 65535 bytes).
+pub(crate) fn put_short(out: &mut Vec<u8>, s: &str) {
     let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
     out.extend_from_slice(&(b.len() as u16).to_be_bytes());
     out.extend_from_slice(b);
@@ -189,10 +190,11 @@ impl SnapshotWriter {
     }
 }
 
-struct Cursor<'a>(&'a [u8]);
+/// Reads big-endian fields off a byte slice, naming the field that was cut short.
+pub(crate) struct Cursor<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+    pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
         if self.0.len() < n {
             return Err(format!("truncated in {what}"));
         }
@@ -200,22 +202,22 @@ impl<'a> Cursor<'a> {
         self.0 = b;
         Ok(a)
     }
-    fn u16(&mut self, w: &str) -> Result<u16, String> {
+    pub(crate) fn u16(&mut self, w: &str) -> Result<u16, String> {
         Ok(u16::from_be_bytes(
             self.take(2, w)?.try_into().unwrap_or_default(),
         ))
     }
-    fn u32(&mut self, w: &str) -> Result<u32, String> {
+    pub(crate) fn u32(&mut self, w: &str) -> Result<u32, String> {
         Ok(u32::from_be_bytes(
             self.take(4, w)?.try_into().unwrap_or_default(),
         ))
     }
-    fn u64(&mut self, w: &str) -> Result<u64, String> {
+    pub(crate) fn u64(&mut self, w: &str) -> Result<u64, String> {
         Ok(u64::from_be_bytes(
             self.take(8, w)?.try_into().unwrap_or_default(),
         ))
     }
-    fn short(&mut self, w: &str) -> Result<String, String> {
+    pub(crate) fn short(&mut self, w: &str) -> Result<String, String> {
         let n = self.u16(w)? as usize;
         String::from_utf8(self.take(n, w)?.to_vec()).map_err(|_| format!("{w} is not UTF-8"))
     }

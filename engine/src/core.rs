@@ -13,9 +13,13 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use crate::acks::{AcceptError, AckTracker, ConnId};
+use crate::handoff::{Owned, StreamScope, TakeOver};
 use crate::metrics::Metrics;
+use crate::partition::StateStore;
 use crate::pipeline::{Emitter, Input, Runner};
 use crate::sink_buffer::SinkOut;
+use crate::slice::Slice;
+use crate::store::Expect;
 
 /// The write side of one source connection.
 struct ConnOut {
@@ -82,6 +86,10 @@ pub(crate) struct Core {
     max_in_flight: u64,
     metrics: Metrics,
     scratch: Vec<(ConnId, u64, u64)>,
+    /// The application's keyed state stores.
+    stores: Vec<Rc<dyn StateStore>>,
+    /// Stream scope (`state_scope = "stream"`): per-stream slices and hand-off.
+    scope: Option<StreamScope>,
 }
 
 impl Core {
@@ -115,7 +123,213 @@ impl Core {
             max_in_flight,
             metrics,
             scratch: Vec::new(),
+            stores: Vec::new(),
+            scope: None,
         }
+    }
+
+    /// The application's keyed state stores (to forget or restore one stream's keys).
+    pub fn set_stores(&mut self, stores: Vec<Rc<dyn StateStore>>) {
+        self.stores = stores;
+    }
+
+    /// Scopes keyed state per source stream, with hand-off through `scope.store`.
+    pub fn set_stream_scope(&mut self, scope: StreamScope) {
+        for s in &self.stores {
+            s.scope_per_stream();
+        }
+        self.scope = Some(scope);
+    }
+
+    /// What wakes the stream-scope checkpointer early (after an EOS).
+    pub fn checkpoint_now(&self) -> Rc<Notify> {
+        self.scope
+            .as_ref()
+            .map(|s| s.checkpoint_now.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether NOTIFYs load the stream's slice from a checkpoint store first.
+    pub fn hands_off(&self) -> bool {
+        self.scope.as_ref().is_some_and(|s| s.store.is_some())
+    }
+
+    /// Handles a NOTIFY in stream scope: refused at once when another connection owns the
+    /// stream, else queued for the take-over task, which answers it.
+    pub fn request_takeover(&mut self, conn: ConnId, stream: u64, name: &str, asked: u64) {
+        if matches!(self.tracker.owner(stream), Some(o) if o != conn) {
+            self.notify_stream(conn, stream, name, asked);
+            return;
+        }
+        if let Some(scope) = &self.scope {
+            let _ = scope.requests.send(TakeOver {
+                conn,
+                stream,
+                name: name.to_string(),
+                asked,
+            });
+        }
+    }
+
+    /// The store ownership this engine holds on `stream`.
+    pub fn owned(&self, stream: u64) -> Option<&Owned> {
+        self.scope.as_ref().and_then(|s| s.owned.get(&stream))
+    }
+
+    /// Records that this engine claimed `stream` in the store.
+    pub fn own(&mut self, stream: u64, owned: Owned) {
+        if let Some(s) = &mut self.scope {
+            s.owned.insert(stream, owned);
+        }
+    }
+
+    /// How long a take-over waits for the previous owner to release the stream.
+    pub fn takeover_wait(&self) -> std::time::Duration {
+        self.scope
+            .as_ref()
+            .map(|s| s.takeover_wait)
+            .unwrap_or_default()
+    }
+
+    /// The owner name written into this engine's slices.
+    pub fn stream_owner_name(&self) -> String {
+        self.scope
+            .as_ref()
+            .map(|s| s.owner.clone())
+            .unwrap_or_default()
+    }
+
+    /// Drops everything this engine holds of `stream` (keys, progress, ownership); returns
+    /// the connection that was sending it.
+    pub fn forget_stream(&mut self, stream: u64) -> Option<ConnId> {
+        for s in &self.stores {
+            s.forget_stream(stream);
+        }
+        if let Some(s) = &mut self.scope {
+            s.owned.remove(&stream);
+            s.dirty.remove(&stream);
+            s.ending.remove(&stream);
+        }
+        let owner = self.tracker.forget(stream);
+        self.metrics.in_flight.set(self.tracker.in_flight as i64);
+        owner
+    }
+
+    /// Loads a slice's keys and resume point as `stream`'s.
+    pub fn restore_slice(&mut self, stream: u64, slice: &Slice) -> Result<(), String> {
+        for s in &self.stores {
+            if let Some((_, bytes)) = slice.states.iter().find(|(n, _)| *n == s.name()) {
+                s.restore_stream(stream, bytes)
+                    .map_err(|e| format!("state `{}`: {e}", s.name()))?;
+            }
+        }
+        for (name, _) in &slice.states {
+            if !self.stores.iter().any(|s| s.name() == *name) {
+                tracing::warn!(
+                    "stream `{}`: its slice holds state `{name}`, which the application no longer declares: dropped",
+                    slice.stream
+                );
+            }
+        }
+        if slice.point != framing::NOTHING_PROCESSED {
+            self.tracker
+                .restore(stream, slice.stream.clone(), slice.point);
+        }
+        Ok(())
+    }
+
+    /// Number of keys `stream` holds in every store.
+    pub fn stream_keys(&self, stream: u64) -> usize {
+        self.stores.iter().map(|s| s.stream_keys(stream)).sum()
+    }
+
+    /// Takes a slice of every owned stream that processed something since its last one
+    /// (between batches, so consistent), with the condition of its write.
+    pub fn take_stream_slices(&mut self) -> Result<Vec<(u64, Slice, Expect)>, String> {
+        let Some(scope) = &mut self.scope else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(scope.dirty.len() + scope.ending.len());
+        let ending = scope.ending.iter().filter(|s| !scope.dirty.contains(s));
+        for &stream in scope.dirty.iter().chain(ending) {
+            let (Some(owned), Some((name, last))) =
+                (scope.owned.get(&stream), self.tracker.stream_point(stream))
+            else {
+                continue;
+            };
+            let released = self.tracker.eos_held(stream);
+            let mut states = Vec::with_capacity(self.stores.len());
+            for s in &self.stores {
+                let mut b = Vec::new();
+                s.snapshot_stream_into(stream, &mut b)?;
+                states.push((s.name(), b));
+            }
+            let slice = Slice {
+                stream: name.to_string(),
+                point: last.unwrap_or(framing::NOTHING_PROCESSED),
+                generation: owned.generation,
+                released,
+                owner: scope.owner.clone(),
+                states,
+            };
+            out.push((stream, slice, Expect::Version(owned.version.clone())));
+        }
+        scope.dirty.clear();
+        Ok(out)
+    }
+
+    /// The slice of `stream` taken in `epoch` under `generation` is written at `version`;
+    /// a `released` (final) one lets its EOS be answered.
+    pub fn slice_written(
+        &mut self,
+        stream: u64,
+        generation: u64,
+        version: String,
+        epoch: u64,
+        released: bool,
+    ) {
+        let Some(scope) = &mut self.scope else { return };
+        match scope.owned.get_mut(&stream) {
+            Some(o) if o.generation == generation => o.version = version,
+            _ => return,
+        }
+        self.tracker.set_stream_durable(stream, epoch);
+        if released && self.tracker.eos_held(stream) {
+            scope.ending.remove(&stream);
+            self.tracker.release_eos(stream);
+        }
+    }
+
+    /// The slice of `stream` could not be written: take it again next time.
+    pub fn slice_failed(&mut self, stream: u64) {
+        if let Some(scope) = &mut self.scope {
+            if scope.owned.contains_key(&stream) {
+                scope.dirty.insert(stream);
+            }
+        }
+    }
+
+    /// The store refused this engine's slice of `stream` (generation `generation`): another
+    /// engine took it over. Drops the stream's keys and unacknowledged progress here; a
+    /// connection still sending it has its messages dropped and its EOS answered at once.
+    pub fn fence(&mut self, stream: u64, name: &str, generation: u64, store: &str) {
+        if !matches!(self.owned(stream), Some(o) if o.generation == generation) {
+            return;
+        }
+        self.metrics.fenced.inc();
+        tracing::error!(
+            "fenced out: stream `{name}` was taken over by another engine: its slice in {store} is no longer the one this engine (generation {generation}) wrote, so this engine's newer state of it is refused and dropped; the new owner processes those messages again from its slice"
+        );
+        for s in &self.stores {
+            s.forget_stream(stream);
+        }
+        if let Some(s) = &mut self.scope {
+            s.owned.remove(&stream);
+            s.dirty.remove(&stream);
+            s.ending.remove(&stream);
+        }
+        self.tracker.fence(stream);
+        self.metrics.in_flight.set(self.tracker.in_flight as i64);
     }
 
     /// The engine's metrics.
@@ -308,9 +522,18 @@ impl Core {
         self.tracker.accept(conn, stream_id, message_id)
     }
 
-    /// Handles EOS: the stream is freed once its last message is acknowledged.
+    /// Handles EOS: the stream is freed once its last message is acknowledged (in stream
+    /// scope, once its final slice is written: the checkpointer is woken for it).
     pub fn end_stream(&mut self, conn: ConnId, stream_id: u64) -> Result<(), AcceptError> {
-        self.tracker.eos(conn, stream_id)
+        self.tracker.eos(conn, stream_id)?;
+        if let Some(scope) = &mut self.scope {
+            if scope.store.is_some() && scope.owned.contains_key(&stream_id) {
+                self.tracker.hold_eos(stream_id);
+                scope.ending.insert(stream_id);
+                scope.checkpoint_now.notify_one();
+            }
+        }
+        Ok(())
     }
 
     /// Runs every pipeline of `source` on one message; outputs go into the sinks' buffers
@@ -350,6 +573,9 @@ impl Core {
         for &(sid, last, count, bytes) in touched {
             self.tracker
                 .push_mark(sid, last, count, bytes, source, self.epoch, wm.clone());
+            if let Some(scope) = &mut self.scope {
+                scope.dirty.insert(sid);
+            }
         }
         self.dirty = true;
         for &t in targets {
@@ -410,8 +636,24 @@ impl Core {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let before = self.tracker.acked_total;
+        let mut ended = Vec::new();
         self.tracker
-            .resolve(&self.sinks, self.durable_epoch, &mut scratch);
+            .resolve(&self.sinks, self.durable_epoch, &mut scratch, &mut ended);
+        if self.hands_off() {
+            // Their final slice is in the store: the next owner takes it from there.
+            for stream in ended {
+                let keys = self.stream_keys(stream);
+                let name = self
+                    .tracker
+                    .stream_point(stream)
+                    .map(|(n, _)| n.to_string())
+                    .unwrap_or_default();
+                self.forget_stream(stream);
+                tracing::info!(
+                    "stream `{name}` ended: its final slice is in the store; its {keys} key(s) dropped here"
+                );
+            }
+        }
         self.metrics.acked.add(self.tracker.acked_total - before);
         self.metrics.in_flight.set(self.tracker.in_flight as i64);
         // After resolving: what was just acknowledged makes room.

@@ -31,6 +31,9 @@ pub enum EngineError {
         /// What is wrong.
         message: String,
     },
+    /// The checkpoint store cannot be used (bad URL, unreachable, wrong scope).
+    #[error("checkpoint store: {0}")]
+    Store(String),
     /// Any other I/O error (runtime creation, metrics endpoint...).
     #[error("{context}: {source}")]
     Io {

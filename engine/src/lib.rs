@@ -35,6 +35,7 @@ pub mod checkpoint;
 mod checkpointer;
 mod core;
 mod error;
+mod handoff;
 mod metrics;
 mod net;
 pub mod options;
@@ -43,7 +44,9 @@ mod pipeline;
 mod run;
 mod sink;
 mod sink_buffer;
+pub mod slice;
 mod source;
+pub mod store;
 
 pub use check::check;
 pub use error::EngineError;

@@ -21,6 +21,7 @@ const ERROR_KINDS: &[&str] = &[
     "output_too_large",
     "sink_handshake",
     "sink_disconnected",
+    "takeover_failed",
 ];
 
 /// Every metric the engine updates. Counters are bumped once per batch, not per message.
@@ -45,6 +46,12 @@ pub(crate) struct Metrics {
     pub checkpoint_bytes: Gauge,
     /// MESSAGE in to every sink's acknowledgement, per source message.
     pub latency: Histogram,
+    /// Stream scope: streams taken over (slice loaded and claimed).
+    pub takeovers: Counter,
+    /// Stream scope: NOTIFY in to NOTIFY_ACK of a take-over (load, restore, claim).
+    pub takeover_duration: Histogram,
+    /// Stream scope: slice writes refused because another engine owns the stream now.
+    pub fenced: Counter,
     /// One part per sink connector: connected or why not.
     pub readiness: Readiness,
 }
@@ -133,6 +140,21 @@ impl Metrics {
             latency: r.histogram(
                 "engine_delivery_latency_seconds",
                 "Time from a source MESSAGE in to every sink's acknowledgement of its outputs.",
+                &[],
+            ),
+            takeovers: r.counter(
+                "engine_stream_takeovers_total",
+                "Source streams whose state this engine took over from the checkpoint store.",
+                &[],
+            ),
+            takeover_duration: r.histogram(
+                "engine_stream_takeover_seconds",
+                "Time to take a stream over: load its slice, restore it, claim it.",
+                &[],
+            ),
+            fenced: r.counter(
+                "engine_stream_fenced_total",
+                "Slice writes refused because another engine took the stream over.",
                 &[],
             ),
             readiness: Readiness::default(),

@@ -21,12 +21,22 @@ pub struct EngineArgs {
     /// The application description (TOML) shared with the connectors.
     #[arg(long = "application-module", value_name = "FILE")]
     pub application_module: PathBuf,
-    /// Directory for checkpoints; without it the engine runs in memory.
-    #[arg(long, value_name = "DIR")]
+    /// Directory for checkpoints; without it (or --checkpoint-store) the engine runs in
+    /// memory.
+    #[arg(long, value_name = "DIR", conflicts_with = "checkpoint_store")]
     pub resilience_dir: Option<PathBuf>,
+    /// Where checkpoints go: a directory (as --resilience-dir), file://DIR, or
+    /// s3://BUCKET/PREFIX[?endpoint_url=URL&region=R] (needs state_scope = "stream";
+    /// credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile).
+    #[arg(long, value_name = "URL")]
+    pub checkpoint_store: Option<String>,
     /// Time between checkpoints (e.g. 1s, 500ms, 2).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub checkpoint_interval: Duration,
+    /// State scoped per stream: how long taking a stream over waits for its previous owner
+    /// to release it (write its final slice) before taking its last slice anyway.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub takeover_wait: Duration,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
@@ -62,7 +72,9 @@ impl EngineArgs {
     pub fn options(&self) -> RunOptions {
         RunOptions {
             resilience_dir: self.resilience_dir.clone(),
+            checkpoint_store: self.checkpoint_store.clone(),
             checkpoint_interval: self.checkpoint_interval,
+            takeover_wait: self.takeover_wait,
             metrics_addr: self.metrics_addr,
             stats_interval: Duration::from_secs(self.stats_interval),
             max_frame_bytes: self.max_frame_bytes,
@@ -104,10 +116,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// How the engine runs an application.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Checkpoint directory; `None` = in memory.
+    /// Checkpoint directory; `None` (and no `checkpoint_store`) = in memory.
     pub resilience_dir: Option<PathBuf>,
+    /// Checkpoint store URL (a directory, `file://DIR`, `s3://BUCKET/PREFIX?...`); wins
+    /// over `resilience_dir`.
+    pub checkpoint_store: Option<String>,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
+    /// Stream scope: how long a take-over waits for the previous owner's release.
+    pub takeover_wait: Duration,
     /// Prometheus endpoint address.
     pub metrics_addr: Option<SocketAddr>,
     /// Interval of the stats line on stderr (zero = off).
@@ -127,7 +144,9 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             resilience_dir: None,
+            checkpoint_store: None,
             checkpoint_interval: Duration::from_secs(1),
+            takeover_wait: Duration::from_secs(5),
             metrics_addr: None,
             stats_interval: Duration::from_secs(10),
             max_frame_bytes: None,

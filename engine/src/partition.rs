@@ -42,10 +42,13 @@ pub fn partition_of<K: Hash + ?Sized>(key: &K, partitions: usize) -> usize {
     ((u128::from(x) * partitions.max(1) as u128) >> 64) as usize
 }
 
-/// Per-key state spread over partitions.
+/// Per-key state spread over partitions (engine scope), or one map per source stream
+/// (stream scope: `state_scope = "stream"`).
 pub struct Partitioned<K, S> {
     name: String,
     parts: Vec<FxHashMap<K, S>>,
+    /// Stream scope: the keys of each source stream (by stream id), apart.
+    streams: Option<FxHashMap<u64, FxHashMap<K, S>>>,
 }
 
 impl<K: Key, S: State> Partitioned<K, S> {
@@ -56,6 +59,20 @@ impl<K: Key, S: State> Partitioned<K, S> {
             parts: (0..partitions.max(1))
                 .map(|_| FxHashMap::default())
                 .collect(),
+            streams: None,
+        }
+    }
+
+    /// The state of `key` as seen from source stream `stream`: per stream in stream scope,
+    /// shared by every stream otherwise; created with `S::default()` on first use.
+    #[inline]
+    pub fn get_or_default_in(&mut self, stream: u64, key: K) -> &mut S {
+        match self.streams {
+            Some(ref mut m) => m.entry(stream).or_default().entry(key).or_default(),
+            None => {
+                let p = partition_of(&key, self.parts.len());
+                self.parts[p].entry(key).or_default()
+            }
         }
     }
 
@@ -71,9 +88,13 @@ impl<K: Key, S: State> Partitioned<K, S> {
         self.parts[partition_of(key, self.parts.len())].get(key)
     }
 
-    /// Number of keys.
+    /// Number of keys (of every stream, in stream scope).
     pub fn len(&self) -> usize {
-        self.parts.iter().map(|p| p.len()).sum()
+        self.parts.iter().map(|p| p.len()).sum::<usize>()
+            + self
+                .streams
+                .as_ref()
+                .map_or(0, |m| m.values().map(|p| p.len()).sum())
     }
 
     /// Whether no key has state.
@@ -165,9 +186,19 @@ fn serialize_parts<K: Key, S: State>(
 pub(crate) trait StateStore {
     fn name(&self) -> String;
     fn set_partitions(&self, n: usize);
+    /// Switches to stream scope: one map of keys per source stream.
+    fn scope_per_stream(&self);
     fn snapshot_into(&self, out: &mut Vec<u8>) -> Result<(), String>;
     fn restore(&self, bytes: &[u8]) -> Result<(), String>;
     fn keys(&self) -> usize;
+    /// Stream scope: serializes the keys of `stream` (the format of [`decode_pairs`]).
+    fn snapshot_stream_into(&self, stream: u64, out: &mut Vec<u8>) -> Result<(), String>;
+    /// Stream scope: replaces the keys of `stream` with those in `bytes`.
+    fn restore_stream(&self, stream: u64, bytes: &[u8]) -> Result<(), String>;
+    /// Stream scope: drops the keys of `stream` (another engine owns it now).
+    fn forget_stream(&self, stream: u64);
+    /// Stream scope: number of keys of `stream`.
+    fn stream_keys(&self, stream: u64) -> usize;
 }
 
 impl<K: Key, S: State> StateStore for RefCell<Partitioned<K, S>> {
@@ -191,6 +222,42 @@ impl<K: Key, S: State> StateStore for RefCell<Partitioned<K, S>> {
     }
     fn keys(&self) -> usize {
         self.borrow().len()
+    }
+    fn scope_per_stream(&self) {
+        self.borrow_mut()
+            .streams
+            .get_or_insert_with(FxHashMap::default);
+    }
+    fn snapshot_stream_into(&self, stream: u64, out: &mut Vec<u8>) -> Result<(), String> {
+        let me = self.borrow();
+        let empty = FxHashMap::default();
+        let keys = me
+            .streams
+            .as_ref()
+            .and_then(|m| m.get(&stream))
+            .unwrap_or(&empty);
+        serialize_parts(std::slice::from_ref(keys), out)
+    }
+    fn restore_stream(&self, stream: u64, bytes: &[u8]) -> Result<(), String> {
+        let pairs: Vec<(K, S)> = decode_pairs(bytes)?;
+        let mut me = self.borrow_mut();
+        let map: FxHashMap<K, S> = pairs.into_iter().collect();
+        me.streams
+            .get_or_insert_with(FxHashMap::default)
+            .insert(stream, map);
+        Ok(())
+    }
+    fn forget_stream(&self, stream: u64) {
+        if let Some(m) = self.borrow_mut().streams.as_mut() {
+            m.remove(&stream);
+        }
+    }
+    fn stream_keys(&self, stream: u64) -> usize {
+        let me = self.borrow();
+        me.streams
+            .as_ref()
+            .and_then(|m| m.get(&stream))
+            .map_or(0, |k| k.len())
     }
 }
 
@@ -299,6 +366,25 @@ mod tests {
             assert_eq!(a.borrow().get(&k), b.borrow().get(&k));
         }
         assert!(b.restore(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn stream_scope_keeps_each_stream_apart() {
+        let a: RefCell<Partitioned<String, i64>> = RefCell::new(Partitioned::new("s".into(), 2));
+        a.scope_per_stream();
+        *a.borrow_mut().get_or_default_in(1, "k".into()) += 5;
+        *a.borrow_mut().get_or_default_in(2, "k".into()) += 7;
+        *a.borrow_mut().get_or_default_in(1, "k".into()) += 1;
+        assert_eq!((a.keys(), a.stream_keys(1), a.stream_keys(3)), (2, 1, 0));
+        let mut bytes = Vec::new();
+        a.snapshot_stream_into(1, &mut bytes).unwrap();
+        let pairs: Vec<(String, i64)> = decode_pairs(&bytes).unwrap();
+        assert_eq!(pairs, vec![("k".to_string(), 6)]);
+        a.forget_stream(1);
+        assert_eq!(a.stream_keys(1), 0);
+        a.restore_stream(9, &bytes).unwrap();
+        assert_eq!(*a.borrow_mut().get_or_default_in(9, "k".into()), 6);
+        assert_eq!(*a.borrow_mut().get_or_default_in(2, "k".into()), 7);
     }
 }
 

@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::fmt::Display;
 use std::rc::Rc;
 
+use application::StateScope;
 use bytes::Bytes;
 use telemetry::{Counter, Registry};
 use tracing::warn;
@@ -73,6 +74,8 @@ pub struct App {
     pub(crate) defs: Vec<PipelineDef>,
     pub(crate) stores: Vec<Rc<dyn StateStore>>,
     pub(crate) registry: Registry,
+    /// The scope asked for with [`App::state_scope`] (else the application file's).
+    pub(crate) state_scope: Option<StateScope>,
     decode_errors: Counter,
 }
 
@@ -99,8 +102,16 @@ impl App {
             defs: Vec::new(),
             stores: Vec::new(),
             registry,
+            state_scope: None,
             decode_errors,
         }
+    }
+
+    /// Scopes keyed state per source stream (or per engine), whatever the application
+    /// file's `state_scope` says.
+    pub fn state_scope(&mut self, scope: StateScope) -> &mut Self {
+        self.state_scope = Some(scope);
+        self
     }
 
     /// Starts a pipeline reading from the source connector `source`.
@@ -296,27 +307,38 @@ impl<'a, T: 'static, K: Key> Keyed<'a, T, K> {
     /// `f` for every value of that key, in order. `f` may return an output.
     ///
     /// Keys are spread over the engine's partitions; the state is checkpointed with the
-    /// resilience directory and restored on restart. The store is named
-    /// `"<source>#<n>"` (n = order of declaration in the application).
+    /// checkpoint store and restored on restart. In stream scope ([`App::state_scope`])
+    /// each source stream has its own keys, which travel with the stream to the engine
+    /// that takes it over. The store is named `"<source>#<n>"` (n = order of declaration
+    /// in the application).
     pub fn state<S: State, U: 'static>(
         self,
         mut f: impl FnMut(T, &mut S) -> Option<U> + 'static,
     ) -> Stream<'a, U> {
-        let name = format!("{}#{}", self.stream.source, self.stream.app.stores.len());
+        let Stream { app, source, flow } = self.stream;
+        let name = format!("{}#{}", source, app.stores.len());
         let store: Rc<RefCell<Partitioned<K, S>>> =
             Rc::new(RefCell::new(Partitioned::new(name, 1)));
-        self.stream.app.stores.push(store.clone());
+        app.stores.push(store.clone());
         let mut key = self.key;
-        self.stream.then(move |t, emit| {
-            let k = key(&t);
-            let out = {
-                let mut st = store.borrow_mut();
-                f(t, st.get_or_default(k))
-            };
-            if let Some(u) = out {
-                emit(u)
-            }
-        })
+        let mut prev = flow;
+        Stream {
+            app,
+            source,
+            flow: Box::new(move |input, emit| {
+                let stream = input.stream_id;
+                prev(input, &mut |t| {
+                    let k = key(&t);
+                    let out = {
+                        let mut st = store.borrow_mut();
+                        f(t, st.get_or_default_in(stream, k))
+                    };
+                    if let Some(u) = out {
+                        emit(u)
+                    }
+                })
+            }),
+        }
     }
 }
 

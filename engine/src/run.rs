@@ -4,16 +4,19 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use application::{Application, Endpoint};
+use application::{Application, Endpoint, StateScope};
 use tokio::task::LocalSet;
 use tracing::{info, warn};
 
 use crate::checkpointer;
 use crate::core::{BoundPipeline, Core, SourceDef};
 use crate::error::EngineError;
+use crate::handoff::{self, owner_name, StreamScope};
 use crate::metrics::Metrics;
 use crate::net::Listener;
 use crate::options::RunOptions;
@@ -21,6 +24,7 @@ use crate::pipeline::App;
 use crate::sink::sink_task;
 use crate::sink_buffer::SinkOut;
 use crate::source::accept_loop;
+use crate::store::{CheckpointStore, StoreUrl};
 
 /// A running engine started with [`spawn`]; stops it when dropped.
 pub struct EngineHandle {
@@ -160,12 +164,54 @@ fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
+/// Where checkpoints go, by state scope.
+enum Checkpoints {
+    /// Engine scope: today's snapshots in a directory, or nothing (in memory).
+    Engine(Option<PathBuf>),
+    /// Stream scope: one slice per stream in a store, or nothing (in memory).
+    Stream(Option<Arc<dyn CheckpointStore>>),
+}
+
+impl Checkpoints {
+    /// Resolves the scope (builder, else application file) and the store of the options.
+    async fn choose(
+        app: &App,
+        config: &Application,
+        options: &RunOptions,
+    ) -> Result<Checkpoints, EngineError> {
+        let url = match (&options.checkpoint_store, &options.resilience_dir) {
+            (Some(u), _) => Some(StoreUrl::parse(u).map_err(EngineError::Store)?),
+            (None, Some(d)) => Some(StoreUrl::Dir(d.clone())),
+            (None, None) => None,
+        };
+        match (app.state_scope.unwrap_or(config.state_scope), url) {
+            (StateScope::Engine, None) => Ok(Checkpoints::Engine(None)),
+            (StateScope::Engine, Some(StoreUrl::Dir(d))) => Ok(Checkpoints::Engine(Some(d))),
+            (StateScope::Engine, Some(StoreUrl::S3(_))) => Err(EngineError::Store(format!(
+                "an s3:// store holds per-stream slices: set state_scope = \"stream\" in {} (state that follows its stream), or keep engine-wide state in a local directory with --resilience-dir DIR",
+                config.file.display()
+            ))),
+            (StateScope::Stream, None) => Ok(Checkpoints::Stream(None)),
+            (StateScope::Stream, Some(url)) => {
+                let store = url.open().await.map_err(EngineError::Store)?;
+                info!(
+                    target: telemetry::NOTICE,
+                    "engine: keyed state per source stream, checkpointed in {}",
+                    store.describe()
+                );
+                Ok(Checkpoints::Stream(Some(store)))
+            }
+        }
+    }
+}
+
 /// Builds everything and spawns the tasks on the current `LocalSet`.
 async fn start(
     app: App,
     config: &Application,
     options: &RunOptions,
 ) -> Result<BTreeMap<String, Endpoint>, EngineError> {
+    let checkpoints = Checkpoints::choose(&app, config, options).await?;
     let source_names: Vec<String> = config.source_connectors.keys().cloned().collect();
     let sink_names: Vec<String> = config.sink_connectors.keys().cloned().collect();
     let mut sources: Vec<SourceDef> = config
@@ -251,15 +297,27 @@ async fn start(
             .unwrap_or_else(|| config.max_frame()),
         sources,
         sinks,
-        options.resilience_dir.is_some(),
+        options.resilience_dir.is_some() || options.checkpoint_store.is_some(),
         options.max_in_flight,
         metrics.clone(),
     );
     for s in &app.stores {
         s.set_partitions(options.partitions);
     }
-    if let Some(dir) = &options.resilience_dir {
-        checkpointer::restore(&mut core, &app.stores, dir)?;
+    core.set_stores(app.stores.clone());
+    let mut takeovers = None;
+    match &checkpoints {
+        Checkpoints::Engine(Some(dir)) => checkpointer::restore(&mut core, &app.stores, dir)?,
+        Checkpoints::Engine(None) => {}
+        Checkpoints::Stream(store) => {
+            let (scope, rx) = StreamScope::new(
+                store.clone(),
+                owner_name(&config.worker_name),
+                options.takeover_wait,
+            );
+            core.set_stream_scope(scope);
+            takeovers = Some(rx);
+        }
     }
     // Bind every listener before starting anything, so a bind failure is a clean error.
     let mut listeners = Vec::new();
@@ -276,12 +334,6 @@ async fn start(
         bound.insert(name.clone(), l.local_endpoint());
         listeners.push(l);
     }
-    if options.resilience_dir.is_none() {
-        info!(
-            target: telemetry::NOTICE,
-            "engine: no --resilience-dir: running in memory (state is lost when the engine stops)"
-        );
-    }
     let core = Rc::new(RefCell::new(core));
     for i in 0..config.sink_connectors.len() {
         tokio::task::spawn_local(sink_task(core.clone(), i));
@@ -289,13 +341,31 @@ async fn start(
     for (i, l) in listeners.into_iter().enumerate() {
         tokio::task::spawn_local(accept_loop(core.clone(), i, l));
     }
-    if let Some(dir) = &options.resilience_dir {
-        tokio::task::spawn_local(checkpointer::checkpoint_loop(
-            core.clone(),
-            app.stores.clone(),
-            dir.clone(),
-            options.checkpoint_interval,
-        ));
+    match checkpoints {
+        Checkpoints::Engine(Some(dir)) => {
+            tokio::task::spawn_local(checkpointer::checkpoint_loop(
+                core.clone(),
+                app.stores.clone(),
+                dir,
+                options.checkpoint_interval,
+            ));
+        }
+        Checkpoints::Stream(Some(store)) => {
+            let now = core.borrow().checkpoint_now();
+            if let Some(rx) = takeovers {
+                tokio::task::spawn_local(handoff::takeover_loop(core.clone(), store.clone(), rx));
+            }
+            tokio::task::spawn_local(handoff::checkpoint_loop(
+                core.clone(),
+                store,
+                options.checkpoint_interval,
+                now,
+            ));
+        }
+        Checkpoints::Engine(None) | Checkpoints::Stream(None) => info!(
+            target: telemetry::NOTICE,
+            "engine: no --resilience-dir or --checkpoint-store: running in memory (state is lost when the engine stops)"
+        ),
     }
     if let Some(addr) = options.metrics_addr {
         let (registry, readiness) = (metrics.registry.clone(), metrics.readiness.clone());

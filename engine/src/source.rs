@@ -262,6 +262,11 @@ fn frame(c: &mut Core, s: &mut Session, body: &[u8]) -> Result<(), ProtoError> {
             point_of_ref,
         } => {
             spend(c, s)?;
+            if c.hands_off() {
+                // Answered by the take-over task once the stream's slice is loaded.
+                c.request_takeover(s.conn, stream_id, &stream_name, point_of_ref);
+                return Ok(());
+            }
             if !c.notify_stream(s.conn, stream_id, &stream_name, point_of_ref) {
                 warn!(
                     "source `{}`: stream {stream_id} ({stream_name}) is active on another connection; NOTIFY refused",

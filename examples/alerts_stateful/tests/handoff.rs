@@ -1,0 +1,313 @@
+//! Issue 12: keyed state scoped per source stream travels between engines through the
+//! checkpoint store (here a directory; the Kafka scale-out test uses S3).
+//!
+//! - `released_stream_moves_with_its_state`: engine A processes a stream to its end (EOS:
+//!   final, released slice); engine B takes the stream over at once, resumes after A's
+//!   point and ends with every user's exact total.
+//! - `fenced_old_owner_cannot_overwrite_the_new_owners_slice`: A processes more of a stream
+//!   than its last slice holds, then loses it (its connector vanishes); B takes it over from
+//!   A's last slice after waiting for a release that never comes; A's next checkpoint is
+//!   refused by the store's conditional write, with a clear log line, and B's state is what
+//!   the store keeps: every total exact.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alerts_stateful::{
+    decode_transaction, feed, generated_transaction, print_sink, TransactionTotal, STATE,
+};
+use application::{Application, Endpoint};
+use bytes::BytesMut;
+use engine::slice::{slice_key, Slice};
+use framing::{Frame, Hello};
+
+const USERS: u64 = 10;
+
+fn record(i: u64) -> Vec<u8> {
+    generated_transaction(3, USERS, i)
+}
+
+/// Every user's total over records `1..=n`.
+fn expected(n: u64) -> HashMap<String, i64> {
+    let mut m = HashMap::new();
+    for i in 1..=n {
+        let t = decode_transaction(&record(i)).unwrap();
+        *m.entry(t.user.to_string()).or_insert(0) += t.amount;
+    }
+    m
+}
+
+/// One engine process (`alerts_stateful run`) with its own sockets and print sink.
+struct Pair {
+    engine: Child,
+    source: Endpoint,
+    log: PathBuf,
+}
+
+impl Pair {
+    fn start(dir: &Path, name: &str, store: &Path, extra: &[&str]) -> Pair {
+        let app = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &app,
+            format!(
+                "name = \"handoff\"\nstate_scope = \"stream\"\n[source_connectors.transactions]\npath = \"{}\"\n[sink_connectors.alerts]\npath = \"{}\"\n",
+                dir.join(format!("{name}-in.sock")).display(),
+                dir.join(format!("{name}-out.sock")).display()
+            ),
+        )
+        .unwrap();
+        let config = Application::load(&app).unwrap();
+        let sink = config.connector("alerts").unwrap().1.endpoint().unwrap();
+        std::thread::spawn(move || print_sink::run(&sink, true));
+        let log = dir.join(format!("{name}.log"));
+        let engine = Command::new(env!("CARGO_BIN_EXE_alerts_stateful"))
+            .arg("run")
+            .arg("--application-module")
+            .arg(&app)
+            .arg("--checkpoint-store")
+            .arg(store)
+            .args(["--stats-interval", "0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let source = config
+            .connector("transactions")
+            .unwrap()
+            .1
+            .endpoint()
+            .unwrap();
+        let Endpoint::Unix(p) = &source else {
+            panic!("unix socket expected")
+        };
+        let t0 = Instant::now();
+        while UnixStream::connect(p).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "engine {name} did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Pair {
+            engine,
+            source,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = self.engine.kill();
+        let _ = self.engine.wait();
+    }
+}
+
+fn read_slice(store: &Path, stream: &str) -> Slice {
+    let bytes = std::fs::read(store.join(slice_key(stream))).unwrap();
+    Slice::decode(&bytes).unwrap()
+}
+
+fn totals(slice: &Slice) -> HashMap<String, i64> {
+    let pairs: Vec<(String, TransactionTotal)> = slice.state(STATE).unwrap().unwrap();
+    pairs.into_iter().map(|(k, v)| (k, v.total)).collect()
+}
+
+fn feed_until(ep: &Endpoint, stream: &str, count: u64) {
+    let progress = feed::Progress::default();
+    feed::feed(
+        ep,
+        "",
+        stream,
+        count,
+        &record,
+        &progress,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+}
+
+#[test]
+fn released_stream_moves_with_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let a = Pair::start(dir.path(), "a", &store, &[]);
+    feed_until(&a.source, "txns/0", 1000);
+    let s = read_slice(&store, "txns/0");
+    assert_eq!(
+        (s.point, s.generation, s.released),
+        (1000, 1, true),
+        "{s:?}"
+    );
+    assert_eq!(totals(&s), expected(1000));
+
+    let b = Pair::start(dir.path(), "b", &store, &[]);
+    let t0 = Instant::now();
+    feed_until(&b.source, "txns/0", 2500);
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "a released stream is taken over without waiting"
+    );
+    let s = read_slice(&store, "txns/0");
+    assert_eq!(
+        (s.point, s.generation, s.released),
+        (2500, 2, true),
+        "{s:?}"
+    );
+    assert_eq!(totals(&s), expected(2500), "B continued from A's state");
+    assert!(
+        b.log().contains("took over stream `txns/0` at point 1000"),
+        "{}",
+        b.log()
+    );
+    assert!(a.log().contains("stream `txns/0` ended"), "{}", a.log());
+}
+
+/// A raw source session: HELLO, NOTIFY, MESSAGEs, and ACKs read as they come.
+struct RawSource {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    stream_id: u64,
+    acked: u64,
+}
+
+impl RawSource {
+    fn open(ep: &Endpoint, stream: &str) -> (RawSource, u64) {
+        let Endpoint::Unix(p) = ep else { panic!() };
+        let sock = UnixStream::connect(p).unwrap();
+        let mut me = RawSource {
+            sock,
+            buf: Vec::new(),
+            stream_id: framing::stream_id_for(stream),
+            acked: 0,
+        };
+        me.send(&Frame::Hello(Hello {
+            version: framing::PROTOCOL_VERSION.into(),
+            cookie: String::new(),
+            program_name: "raw".into(),
+            instance_name: "raw".into(),
+        }));
+        assert!(matches!(me.read(), Frame::Ok { .. }));
+        me.send(&Frame::Notify {
+            stream_id: me.stream_id,
+            stream_name: stream.into(),
+            point_of_ref: framing::NOTHING_PROCESSED,
+        });
+        loop {
+            match me.read() {
+                Frame::NotifyAck {
+                    success: true,
+                    point_of_ref,
+                    ..
+                } => return (me, point_of_ref),
+                Frame::Ack { .. } => {}
+                f => panic!("expected NOTIFY_ACK, got {f:?}"),
+            }
+        }
+    }
+
+    fn send(&mut self, f: &Frame) {
+        let mut b = BytesMut::new();
+        f.encode(&mut b).unwrap();
+        self.sock.write_all(&b).unwrap();
+    }
+
+    fn read(&mut self) -> Frame {
+        loop {
+            if self.buf.len() >= 4 {
+                let n = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                if self.buf.len() >= 4 + n {
+                    let body = bytes::Bytes::copy_from_slice(&self.buf[4..4 + n]);
+                    self.buf.drain(..4 + n);
+                    return Frame::decode(body).unwrap();
+                }
+            }
+            let mut tmp = [0u8; 65536];
+            let n = self.sock.read(&mut tmp).unwrap();
+            assert!(n > 0, "engine closed the connection");
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    fn messages(&mut self, ids: std::ops::RangeInclusive<u64>) {
+        let mut out = BytesMut::new();
+        for i in ids {
+            framing::encode_message(&mut out, self.stream_id, i, 0, b"", &record(i)).unwrap();
+        }
+        self.sock.write_all(&out).unwrap();
+    }
+
+    fn wait_acked(&mut self, id: u64) {
+        while self.acked < id {
+            if let Frame::Ack { acks, .. } = self.read() {
+                for (s, p) in acks {
+                    if s == self.stream_id {
+                        self.acked = self.acked.max(p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fenced_old_owner_cannot_overwrite_the_new_owners_slice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // A checkpoints every 3 s: it processes records its store does not hold yet.
+    let a = Pair::start(dir.path(), "a", &store, &["--checkpoint-interval", "3s"]);
+    let (mut raw, point) = RawSource::open(&a.source, "txns/7");
+    assert_eq!(point, framing::NOTHING_PROCESSED);
+    raw.messages(1..=100);
+    raw.wait_acked(100); // A's slice of txns/7 now holds 1..=100
+    raw.messages(101..=150); // processed by A, not in its slice yet
+    std::thread::sleep(Duration::from_millis(200));
+    drop(raw); // A's connector vanishes: no EOS, no release
+    let s = read_slice(&store, "txns/7");
+    assert_eq!(
+        (s.point, s.generation, s.released),
+        (100, 1, false),
+        "{s:?}"
+    );
+
+    // B takes the stream over from A's last slice once A failed to release it in 500 ms.
+    let b = Pair::start(
+        dir.path(),
+        "b",
+        &store,
+        &["--checkpoint-interval", "200ms", "--takeover-wait", "500ms"],
+    );
+    feed_until(&b.source, "txns/7", 400);
+    assert!(b.log().contains("did not release it"), "{}", b.log());
+    let s = read_slice(&store, "txns/7");
+    assert_eq!(s.generation, 2, "{s:?}");
+
+    // A's next checkpoint (within 3 s of its last) tries to write its slice at 150: refused.
+    let t0 = Instant::now();
+    while !a.log().contains("fenced out: stream `txns/7`") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "engine A never reported the refused write:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = read_slice(&store, "txns/7");
+    assert_eq!((s.point, s.generation, s.released), (400, 2, true), "{s:?}");
+    assert!(s.owner.starts_with("worker1@"), "{s:?}");
+    assert_eq!(
+        totals(&s),
+        expected(400),
+        "the store keeps B's state: 1..=100 from A's slice, 101..=400 from B"
+    );
+}
