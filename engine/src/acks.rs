@@ -336,14 +336,18 @@ impl AckTracker {
     }
 
     /// Releases every stream owned by a closed connection (marks stay: a reconnecting
-    /// connector is acknowledged once they resolve).
-    pub fn release(&mut self, conn: ConnId) {
-        for rec in self.streams.values_mut() {
+    /// connector is acknowledged once they resolve); returns their ids.
+    pub fn release(&mut self, conn: ConnId) -> Vec<u64> {
+        let mut released = Vec::new();
+        for (id, rec) in self.streams.iter_mut() {
             if rec.owner == Some(conn) {
                 rec.owner = None;
                 rec.eos = false;
+                rec.eos_hold = false;
+                released.push(*id);
             }
         }
+        released
     }
 
     /// Pops every resolved mark and appends `(conn, stream_id, point)` for each ACK pair

@@ -238,6 +238,14 @@ impl Core {
         Ok(())
     }
 
+    /// The name of stream `stream` (empty when unknown), for log lines.
+    fn stream_name(&self, stream: u64) -> String {
+        self.tracker
+            .stream_point(stream)
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default()
+    }
+
     /// Number of keys `stream` holds in every store.
     pub fn stream_keys(&self, stream: u64) -> usize {
         self.stores.iter().map(|s| s.stream_keys(stream)).sum()
@@ -257,7 +265,8 @@ impl Core {
             else {
                 continue;
             };
-            let released = self.tracker.eos_held(stream);
+            // Final when the stream ended or nobody sends it any more.
+            let released = self.tracker.eos_held(stream) || self.tracker.owner(stream).is_none();
             let mut states = Vec::with_capacity(self.stores.len());
             for s in &self.stores {
                 let mut b = Vec::new();
@@ -294,9 +303,21 @@ impl Core {
             _ => return,
         }
         self.tracker.set_stream_durable(stream, epoch);
-        if released && self.tracker.eos_held(stream) {
+        if !released {
+            return;
+        }
+        if self.tracker.eos_held(stream) {
             scope.ending.remove(&stream);
             self.tracker.release_eos(stream);
+        } else if self.tracker.owner(stream).is_none() {
+            // Its connection is gone and its final slice is in the store: the next owner,
+            // or its own reconnecting connector, takes it from there.
+            let keys = self.stream_keys(stream);
+            let name = self.stream_name(stream);
+            self.forget_stream(stream);
+            tracing::info!(
+                "stream `{name}` released (its connection closed): its final slice is in the store; its {keys} key(s) dropped here"
+            );
         }
     }
 
@@ -467,7 +488,21 @@ impl Core {
     /// Closes connection `conn` once its queued frames are written: releases its streams
     /// (for a reconnecting connector) and queues an ERROR frame first when `error` is given.
     pub fn close_conn(&mut self, conn: ConnId, error: Option<String>) {
-        self.tracker.release(conn);
+        let released = self.tracker.release(conn);
+        if let Some(scope) = &mut self.scope {
+            // Nobody sends them any more: write their final slice (released), so the next
+            // owner need not wait for this engine.
+            if scope.store.is_some() {
+                let owned: Vec<u64> = released
+                    .into_iter()
+                    .filter(|s| scope.owned.contains_key(s))
+                    .collect();
+                if !owned.is_empty() {
+                    scope.ending.extend(owned);
+                    scope.checkpoint_now.notify_one();
+                }
+            }
+        }
         if let Some(message) = error {
             self.send(conn, &Frame::error(message));
         }
@@ -500,6 +535,9 @@ impl Core {
         let r = self
             .tracker
             .notify(conn, stream_id, stream_name, point_of_ref);
+        if let (true, Some(scope)) = (r.success, &mut self.scope) {
+            scope.ending.remove(&stream_id);
+        }
         self.send(
             conn,
             &Frame::NotifyAck {
@@ -643,11 +681,7 @@ impl Core {
             // Their final slice is in the store: the next owner takes it from there.
             for stream in ended {
                 let keys = self.stream_keys(stream);
-                let name = self
-                    .tracker
-                    .stream_point(stream)
-                    .map(|(n, _)| n.to_string())
-                    .unwrap_or_default();
+                let name = self.stream_name(stream);
                 self.forget_stream(stream);
                 tracing::info!(
                     "stream `{name}` ended: its final slice is in the store; its {keys} key(s) dropped here"

@@ -32,7 +32,7 @@ pub enum EngineError {
         message: String,
     },
     /// The checkpoint store cannot be used (bad URL, unreachable, wrong scope).
-    #[error("checkpoint store: {0}")]
+    #[error("{0}")]
     Store(String),
     /// Any other I/O error (runtime creation, metrics endpoint...).
     #[error("{context}: {source}")]

@@ -430,7 +430,12 @@ async fn checkpoint_once(core: &Rc<RefCell<Core>>, store: &dyn CheckpointStore) 
     let m = c.metrics();
     if failed {
         m.checkpoint_failures.inc();
+        m.readiness.not_ready(
+            "checkpoint store",
+            format!("{} refuses writes; acknowledgements wait", store.describe()),
+        );
     } else {
+        m.readiness.ready("checkpoint store");
         let total = t0.elapsed();
         m.checkpoints.inc();
         m.checkpoint_duration.observe(total);

@@ -187,8 +187,9 @@ impl Checkpoints {
         match (app.state_scope.unwrap_or(config.state_scope), url) {
             (StateScope::Engine, None) => Ok(Checkpoints::Engine(None)),
             (StateScope::Engine, Some(StoreUrl::Dir(d))) => Ok(Checkpoints::Engine(Some(d))),
-            (StateScope::Engine, Some(StoreUrl::S3(_))) => Err(EngineError::Store(format!(
-                "an s3:// store holds per-stream slices: set state_scope = \"stream\" in {} (state that follows its stream), or keep engine-wide state in a local directory with --resilience-dir DIR",
+            (StateScope::Engine, Some(StoreUrl::S3(l))) => Err(EngineError::Store(format!(
+                "checkpoint store s3://{}: an object store holds per-stream slices: set state_scope = \"stream\" in {} (state that follows its stream), or keep engine-wide state in a local directory with --resilience-dir DIR",
+                l.bucket,
                 config.file.display()
             ))),
             (StateScope::Stream, None) => Ok(Checkpoints::Stream(None)),

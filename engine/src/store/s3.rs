@@ -109,40 +109,48 @@ impl S3Store {
             .force_path_style(loc.path_style.unwrap_or(custom))
             .build();
         let client = aws_sdk_s3::Client::from_conf(s3);
-        client
-            .head_bucket()
-            .bucket(&loc.bucket)
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "checkpoint store s3://{}: the bucket does not answer ({}); create it or fix the URL",
-                    loc.bucket,
-                    describe(&e)
-                )
-            })?;
+        if let Err(e) = client.head_bucket().bucket(&loc.bucket).send().await {
+            let bucket = &loc.bucket;
+            return Err(if status(&e) == Some(404) {
+                format!("checkpoint store s3://{bucket}: the bucket does not exist; create it (e.g. `aws s3 mb s3://{bucket}`) or fix the URL")
+            } else {
+                format!("checkpoint store s3://{bucket}: cannot reach the bucket: {}; check the endpoint, the credentials and the bucket name", describe(&e))
+            });
+        }
         Ok(S3Store { loc, client })
     }
 }
 
-/// The most useful words of an SDK error (the service's code and message, else the cause).
+/// The most useful words of an SDK error: the service's code and message, else the chain
+/// of causes (one line, no debug dump).
 fn describe<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
-    match e {
-        SdkError::ServiceError(s) => {
-            let m = s.err();
-            match (m.code(), m.message()) {
-                (Some(c), Some(msg)) => format!("{c}: {msg}"),
-                (Some(c), None) => c.to_string(),
-                _ => DisplayErrorContext(e).to_string(),
-            }
+    if let aws_sdk_s3::error::SdkError::ServiceError(s) = e {
+        let m = s.err();
+        if let Some(code) = m.code() {
+            return match m.message() {
+                Some(msg) => format!("{code}: {msg}"),
+                None => code.to_string(),
+            };
         }
-        _ => DisplayErrorContext(e).to_string(),
     }
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    let all = parts.join(": ");
+    if all.contains("loading credentials") {
+        return "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or configure a profile)".into();
+    }
+    all
 }
 
 fn status<E, R: HasStatus>(e: &aws_sdk_s3::error::SdkError<E, R>) -> Option<u16> {

@@ -6,8 +6,9 @@
 //!   point and ends with every user's exact total.
 //! - `fenced_old_owner_cannot_overwrite_the_new_owners_slice`: A processes more of a stream
 //!   than its last slice holds, then loses it (its connector vanishes); B takes it over from
-//!   A's last slice after waiting for a release that never comes; A's next checkpoint is
-//!   refused by the store's conditional write, with a clear log line, and B's state is what
+//!   A's last slice after waiting for a release that never comes (A's connector stalled
+//!   without closing); A's next checkpoint is refused by the store's conditional write, with
+//!   a clear log line, its late messages are dropped unacknowledged, and B's state is what
 //!   the store keeps: every total exact.
 
 use std::collections::HashMap;
@@ -170,7 +171,11 @@ fn released_stream_moves_with_its_state() {
         "{}",
         b.log()
     );
-    assert!(a.log().contains("stream `txns/0` ended"), "{}", a.log());
+    assert!(
+        a.log().contains("stream `txns/0`") && a.log().contains("dropped here"),
+        "A forgets the stream once its final slice is written:\n{}",
+        a.log()
+    );
 }
 
 /// A raw source session: HELLO, NOTIFY, MESSAGEs, and ACKs read as they come.
@@ -247,6 +252,30 @@ impl RawSource {
         self.sock.write_all(&out).unwrap();
     }
 
+    /// Reads whatever the engine sends for `quiet` (until it is silent that long).
+    fn read_for(&mut self, quiet: Duration) {
+        self.sock.set_read_timeout(Some(quiet)).unwrap();
+        loop {
+            let mut tmp = [0u8; 65536];
+            match self.sock.read(&mut tmp) {
+                Ok(n) if n > 0 => self.buf.extend_from_slice(&tmp[..n]),
+                _ => break,
+            }
+        }
+        self.sock.set_read_timeout(None).unwrap();
+        while self.buf.len() >= 4
+            && self.buf.len() >= 4 + u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize
+        {
+            if let Frame::Ack { acks, .. } = self.read() {
+                for (s, p) in acks {
+                    if s == self.stream_id {
+                        self.acked = self.acked.max(p);
+                    }
+                }
+            }
+        }
+    }
+
     fn wait_acked(&mut self, id: u64) {
         while self.acked < id {
             if let Frame::Ack { acks, .. } = self.read() {
@@ -272,7 +301,8 @@ fn fenced_old_owner_cannot_overwrite_the_new_owners_slice() {
     raw.wait_acked(100); // A's slice of txns/7 now holds 1..=100
     raw.messages(101..=150); // processed by A, not in its slice yet
     std::thread::sleep(Duration::from_millis(200));
-    drop(raw); // A's connector vanishes: no EOS, no release
+    // A's connector stalls (a paused pair, a partition the group gave away): A still holds
+    // the stream and does not release it.
     let s = read_slice(&store, "txns/7");
     assert_eq!(
         (s.point, s.generation, s.released),
@@ -302,6 +332,14 @@ fn fenced_old_owner_cannot_overwrite_the_new_owners_slice() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The zombie's late messages are dropped, never acknowledged.
+    raw.messages(151..=160);
+    raw.read_for(Duration::from_millis(500));
+    assert_eq!(
+        raw.acked, 100,
+        "nothing past A's last durable slice is acknowledged"
+    );
+    drop(raw);
     let s = read_slice(&store, "txns/7");
     assert_eq!((s.point, s.generation, s.released), (400, 2, true), "{s:?}");
     assert!(s.owner.starts_with("worker1@"), "{s:?}");
@@ -310,4 +348,36 @@ fn fenced_old_owner_cannot_overwrite_the_new_owners_slice() {
         expected(400),
         "the store keeps B's state: 1..=100 from A's slice, 101..=400 from B"
     );
+}
+
+#[test]
+fn a_closed_connection_releases_its_streams_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let a = Pair::start(dir.path(), "a", &store, &["--checkpoint-interval", "1s"]);
+    let (mut raw, _) = RawSource::open(&a.source, "txns/3");
+    raw.messages(1..=300);
+    raw.wait_acked(300);
+    raw.messages(301..=320); // processed, not yet in a slice
+    std::thread::sleep(Duration::from_millis(100));
+    drop(raw); // the connector dies: A writes the stream's final slice right away
+    let t0 = Instant::now();
+    while !read_slice(&store, "txns/3").released {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "A never released the stream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = read_slice(&store, "txns/3");
+    assert_eq!(s.point, 320, "{s:?}");
+    let b = Pair::start(dir.path(), "b", &store, &["--takeover-wait", "30s"]);
+    let t0 = Instant::now();
+    feed_until(&b.source, "txns/3", 500);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "no wait for a released stream"
+    );
+    assert!(b.log().contains("at point 320"), "{}", b.log());
+    assert_eq!(totals(&read_slice(&store, "txns/3")), expected(500));
 }
