@@ -265,8 +265,10 @@ impl Core {
             else {
                 continue;
             };
-            // Final when the stream ended or nobody sends it any more.
-            let released = self.tracker.eos_held(stream) || self.tracker.owner(stream).is_none();
+            // Final when the stream ended, nobody sends it any more or the engine stops.
+            let released = scope.stopping
+                || self.tracker.eos_held(stream)
+                || self.tracker.owner(stream).is_none();
             let mut states = Vec::with_capacity(self.stores.len());
             for s in &self.stores {
                 let mut b = Vec::new();
@@ -319,6 +321,18 @@ impl Core {
                 "stream `{name}` released (its connection closed): its final slice is in the store; its {keys} key(s) dropped here"
             );
         }
+    }
+
+    /// The engine stops: every owned stream's next slice is its final (released) one.
+    /// Returns how many streams that is.
+    pub fn release_all(&mut self) -> usize {
+        let Some(scope) = &mut self.scope else {
+            return 0;
+        };
+        scope.stopping = true;
+        let owned: Vec<u64> = scope.owned.keys().copied().collect();
+        scope.ending.extend(owned);
+        scope.owned.len()
     }
 
     /// The slice of `stream` could not be written: take it again next time.

@@ -64,6 +64,8 @@ pub(crate) struct StreamScope {
     pub ending: FxHashSet<u64>,
     /// How long a take-over waits for the previous owner to release the stream.
     pub takeover_wait: Duration,
+    /// The engine is stopping: slices written now are final (released).
+    pub stopping: bool,
     /// NOTIFYs for the take-over task.
     pub requests: mpsc::UnboundedSender<TakeOver>,
     /// Wakes the checkpointer before its interval (after an EOS).
@@ -86,6 +88,7 @@ impl StreamScope {
                 dirty: FxHashSet::default(),
                 ending: FxHashSet::default(),
                 takeover_wait,
+                stopping: false,
                 requests,
                 checkpoint_now: Rc::new(Notify::new()),
             },
@@ -449,4 +452,22 @@ async fn checkpoint_once(core: &Rc<RefCell<Core>>, store: &dyn CheckpointStore) 
         );
     }
     c.flush_acks();
+}
+
+/// At shutdown: writes the final, released slice of every stream this engine owns (once
+/// the sinks confirmed their outputs), so that their next owners need not wait for it;
+/// gives up after `limit` (the next owners then wait `--takeover-wait`).
+pub(crate) async fn release_all(
+    core: &Rc<RefCell<Core>>,
+    store: &dyn CheckpointStore,
+    limit: Duration,
+) {
+    let n = core.borrow_mut().release_all();
+    if n == 0 {
+        return;
+    }
+    match tokio::time::timeout(limit, checkpoint_once(core, store)).await {
+        Ok(()) => info!(target: NOTICE, "engine: released {n} stream(s): their final slices are in {}", store.describe()),
+        Err(_) => warn!("engine: could not release {n} stream(s) within {limit:?}: their next owners wait --takeover-wait for them"),
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use application::{Application, Endpoint, StateScope};
 use tokio::task::LocalSet;
@@ -96,8 +96,8 @@ where
             let local = LocalSet::new();
             local.block_on(&rt, async move {
                 match start(make_app(), &config, &options).await {
-                    Ok(eps) => {
-                        let _ = ready_tx.send(Ok(eps));
+                    Ok(started) => {
+                        let _ = ready_tx.send(Ok(started.bound));
                         let _ = stop_rx.await;
                         Ok(())
                     }
@@ -133,9 +133,12 @@ pub fn run(app: App, config: Application, options: RunOptions) -> Result<(), Eng
     let rt = runtime()?;
     let local = LocalSet::new();
     local.block_on(&rt, async move {
-        start(app, &config, &options).await?;
+        let started = start(app, &config, &options).await?;
         wait_for_signal().await;
         tracing::info!(target: telemetry::NOTICE, "engine: shutting down");
+        if let Some((core, store)) = started.slices {
+            handoff::release_all(&core, &*store, SHUTDOWN_RELEASE).await;
+        }
         Ok(())
     })
 }
@@ -206,12 +209,26 @@ impl Checkpoints {
     }
 }
 
+/// How long a stopping engine tries to release its streams (write their final slices).
+const SHUTDOWN_RELEASE: Duration = Duration::from_secs(10);
+
+/// What a started engine hands back to its caller.
+struct Started {
+    /// The bound address of each source connector.
+    bound: BTreeMap<String, Endpoint>,
+    /// Stream scope with a store: what releasing the streams at shutdown needs.
+    slices: Option<SliceStore>,
+}
+
+/// The core and the store its stream slices go to.
+type SliceStore = (Rc<RefCell<Core>>, Arc<dyn CheckpointStore>);
+
 /// Builds everything and spawns the tasks on the current `LocalSet`.
 async fn start(
     app: App,
     config: &Application,
     options: &RunOptions,
-) -> Result<BTreeMap<String, Endpoint>, EngineError> {
+) -> Result<Started, EngineError> {
     let checkpoints = Checkpoints::choose(&app, config, options).await?;
     let source_names: Vec<String> = config.source_connectors.keys().cloned().collect();
     let sink_names: Vec<String> = config.sink_connectors.keys().cloned().collect();
@@ -342,6 +359,7 @@ async fn start(
     for (i, l) in listeners.into_iter().enumerate() {
         tokio::task::spawn_local(accept_loop(core.clone(), i, l));
     }
+    let mut slices = None;
     match checkpoints {
         Checkpoints::Engine(Some(dir)) => {
             tokio::task::spawn_local(checkpointer::checkpoint_loop(
@@ -352,6 +370,7 @@ async fn start(
             ));
         }
         Checkpoints::Stream(Some(store)) => {
+            slices = Some((core.clone(), store.clone()));
             let now = core.borrow().checkpoint_now();
             if let Some(rx) = takeovers {
                 tokio::task::spawn_local(handoff::takeover_loop(core.clone(), store.clone(), rx));
@@ -395,5 +414,5 @@ async fn start(
     for (name, ep) in &bound {
         info!("listening for source `{name}` on {ep}");
     }
-    Ok(bound)
+    Ok(Started { bound, slices })
 }

@@ -381,3 +381,32 @@ fn a_closed_connection_releases_its_streams_at_once() {
     assert!(b.log().contains("at point 320"), "{}", b.log());
     assert_eq!(totals(&read_slice(&store, "txns/3")), expected(500));
 }
+
+#[test]
+fn a_stopping_engine_releases_its_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut a = Pair::start(dir.path(), "a", &store, &["--checkpoint-interval", "5s"]);
+    let (mut raw, _) = RawSource::open(&a.source, "txns/5");
+    raw.messages(1..=120);
+    std::thread::sleep(Duration::from_millis(300));
+    // SIGTERM: the engine writes every owned stream's final slice before it exits.
+    let status = Command::new("kill")
+        .args(["-TERM", &a.engine.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t0 = Instant::now();
+    while a.engine.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "engine did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(raw);
+    let s = read_slice(&store, "txns/5");
+    assert_eq!((s.point, s.released), (120, true), "{s:?}\n{}", a.log());
+    assert!(a.log().contains("released 1 stream(s)"), "{}", a.log());
+    assert_eq!(totals(&s), expected(120));
+}
