@@ -23,10 +23,80 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-const MAGIC: &[u8; 8] = b"ENGSNAP\0";
 /// Current snapshot format version.
 pub const FORMAT_VERSION: u32 = 1;
+const SNAPSHOT: Envelope = Envelope {
+    magic: b"ENGSNAP\0",
+    version: FORMAT_VERSION,
+    what: "snapshot",
+};
+
+/// The framing every checkpoint format shares: `magic (8) | u32 format version | u64 field |
+/// u64 body length | body | u32 CRC-32 of everything before it`. The field is the
+/// snapshot's epoch or the slice's generation.
+pub(crate) struct Envelope {
+    pub magic: &'static [u8; 8],
+    pub version: u32,
+    /// What it holds, for error messages ("snapshot", "stream slice").
+    pub what: &'static str,
+}
+
+/// Bytes before the body.
 const HEADER: usize = 8 + 4 + 8 + 8;
+
+impl Envelope {
+    /// A buffer holding the header (body length left 0: [`Envelope::seal`] sets it).
+    pub fn begin(&self, field: u64, capacity: usize) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(capacity + HEADER + 4);
+        buf.extend_from_slice(self.magic);
+        buf.extend_from_slice(&self.version.to_be_bytes());
+        buf.extend_from_slice(&field.to_be_bytes());
+        buf.extend_from_slice(&0u64.to_be_bytes());
+        buf
+    }
+
+    /// Sets the body length and appends the CRC.
+    pub fn seal(&self, buf: &mut Vec<u8>) {
+        let body = (buf.len() - HEADER) as u64;
+        buf[20..28].copy_from_slice(&body.to_be_bytes());
+        let crc = crc32fast::hash(buf);
+        buf.extend_from_slice(&crc.to_be_bytes());
+    }
+
+    /// Verifies `bytes` (magic, version, length, CRC): the field and a cursor on the body.
+    pub fn open<'a>(&self, bytes: &'a [u8]) -> Result<(u64, Cursor<'a>), String> {
+        let what = self.what;
+        if bytes.len() < HEADER + 4 {
+            return Err(format!("truncated: only {} bytes", bytes.len()));
+        }
+        if &bytes[..8] != self.magic {
+            return Err(format!("not a {what} (bad magic)"));
+        }
+        let mut c = Cursor(&bytes[8..]);
+        let version = c.u32("version")?;
+        if version != self.version {
+            return Err(format!(
+                "{what} format version {version}, this engine reads version {}",
+                self.version
+            ));
+        }
+        let field = c.u64("header")?;
+        let want = HEADER
+            .saturating_add(c.u64("length")? as usize)
+            .saturating_add(4);
+        if bytes.len() != want {
+            return Err(format!(
+                "truncated: header announces {want} bytes, the {what} has {}",
+                bytes.len()
+            ));
+        }
+        let (data, crc) = bytes.split_at(want - 4);
+        if crc32fast::hash(data) != u32::from_be_bytes(crc.try_into().unwrap_or_default()) {
+            return Err(format!("checksum mismatch (the {what} is corrupt)"));
+        }
+        Ok((field, Cursor(&data[HEADER..])))
+    }
+}
 
 /// A decoded snapshot.
 #[derive(Debug, Clone, Default)]
@@ -117,11 +187,7 @@ pub(crate) struct SnapshotWriter {
 
 impl SnapshotWriter {
     pub fn new(epoch: u64, points: &[(u64, String, u64)], capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity + 64);
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-        buf.extend_from_slice(&epoch.to_be_bytes());
-        buf.extend_from_slice(&0u64.to_be_bytes()); // body length, patched in finish
+        let mut buf = SNAPSHOT.begin(epoch, capacity + 64);
         buf.extend_from_slice(&(points.len() as u32).to_be_bytes());
         for (id, name, p) in points {
             buf.extend_from_slice(&id.to_be_bytes());
@@ -182,10 +248,7 @@ impl SnapshotWriter {
         if let Some(at) = self.outputs_at {
             self.buf[at..at + 4].copy_from_slice(&self.n_outputs.to_be_bytes());
         }
-        let body = (self.buf.len() - HEADER) as u64;
-        self.buf[20..28].copy_from_slice(&body.to_be_bytes());
-        let crc = crc32fast::hash(&self.buf);
-        self.buf.extend_from_slice(&crc.to_be_bytes());
+        SNAPSHOT.seal(&mut self.buf);
         self.buf
     }
 }
@@ -225,34 +288,7 @@ impl<'a> Cursor<'a> {
 
 /// Decodes and verifies a snapshot file's bytes.
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
-    if bytes.len() < HEADER + 4 {
-        return Err(format!("truncated: only {} bytes", bytes.len()));
-    }
-    if &bytes[..8] != MAGIC {
-        return Err("not a snapshot file (bad magic)".into());
-    }
-    let mut c = Cursor(&bytes[8..]);
-    let version = c.u32("version")?;
-    if version != FORMAT_VERSION {
-        return Err(format!(
-            "snapshot format version {version}, this engine reads version {FORMAT_VERSION}"
-        ));
-    }
-    let epoch = c.u64("epoch")?;
-    let body = c.u64("length")? as usize;
-    if bytes.len() != HEADER + body + 4 {
-        return Err(format!(
-            "truncated: header announces {} bytes, file has {}",
-            HEADER + body + 4,
-            bytes.len()
-        ));
-    }
-    let (data, crc) = bytes.split_at(HEADER + body);
-    let want = u32::from_be_bytes(crc.try_into().unwrap_or_default());
-    if crc32fast::hash(data) != want {
-        return Err("checksum mismatch (the file is corrupt)".into());
-    }
-    let mut c = Cursor(&data[HEADER..]);
+    let (epoch, mut c) = SNAPSHOT.open(bytes)?;
     let n = c.u32("stream count")?;
     let mut points = Vec::with_capacity(n.min(1 << 20) as usize);
     for _ in 0..n {

@@ -202,6 +202,14 @@ impl Core {
     /// Drops everything this engine holds of `stream` (keys, progress, ownership); returns
     /// the connection that was sending it.
     pub fn forget_stream(&mut self, stream: u64) -> Option<ConnId> {
+        self.drop_stream_state(stream);
+        let owner = self.tracker.forget(stream);
+        self.metrics.in_flight.set(self.tracker.in_flight as i64);
+        owner
+    }
+
+    /// Drops the keys of `stream` and this engine's claim on it (not its progress).
+    fn drop_stream_state(&mut self, stream: u64) {
         for s in &self.stores {
             s.forget_stream(stream);
         }
@@ -210,9 +218,6 @@ impl Core {
             s.dirty.remove(&stream);
             s.ending.remove(&stream);
         }
-        let owner = self.tracker.forget(stream);
-        self.metrics.in_flight.set(self.tracker.in_flight as i64);
-        owner
     }
 
     /// Loads a slice's keys and resume point as `stream`'s.
@@ -355,14 +360,7 @@ impl Core {
         tracing::error!(
             "fenced out: stream `{name}` was taken over by another engine: its slice in {store} is no longer the one this engine (generation {generation}) wrote, so this engine's newer state of it is refused and dropped; the new owner processes those messages again from its slice"
         );
-        for s in &self.stores {
-            s.forget_stream(stream);
-        }
-        if let Some(s) = &mut self.scope {
-            s.owned.remove(&stream);
-            s.dirty.remove(&stream);
-            s.ending.remove(&stream);
-        }
+        self.drop_stream_state(stream);
         self.tracker.fence(stream);
         self.metrics.in_flight.set(self.tracker.in_flight as i64);
     }

@@ -22,12 +22,15 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::checkpoint::{put_short, Cursor};
+use crate::checkpoint::{put_short, Envelope};
 
-const MAGIC: &[u8; 8] = b"ENGSLICE";
 /// Current slice format version.
 pub const SLICE_VERSION: u32 = 1;
-const HEADER: usize = 8 + 4 + 8 + 8;
+const SLICE: Envelope = Envelope {
+    magic: b"ENGSLICE",
+    version: SLICE_VERSION,
+    what: "stream slice",
+};
 
 /// A decoded slice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,11 +68,7 @@ impl Slice {
             .iter()
             .map(|(n, b)| n.len() + b.len() + 10)
             .sum();
-        let mut buf = Vec::with_capacity(HEADER + 64 + self.stream.len() + states);
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&SLICE_VERSION.to_be_bytes());
-        buf.extend_from_slice(&self.generation.to_be_bytes());
-        buf.extend_from_slice(&0u64.to_be_bytes());
+        let mut buf = SLICE.begin(self.generation, 64 + self.stream.len() + states);
         put_short(&mut buf, &self.stream);
         buf.extend_from_slice(&self.point.to_be_bytes());
         buf.push(u8::from(self.released));
@@ -80,43 +79,13 @@ impl Slice {
             buf.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
             buf.extend_from_slice(bytes);
         }
-        let body = (buf.len() - HEADER) as u64;
-        buf[20..28].copy_from_slice(&body.to_be_bytes());
-        let crc = crc32fast::hash(&buf);
-        buf.extend_from_slice(&crc.to_be_bytes());
+        SLICE.seal(&mut buf);
         buf
     }
 
     /// Decodes and verifies a slice's bytes.
     pub fn decode(bytes: &[u8]) -> Result<Slice, String> {
-        if bytes.len() < HEADER + 4 {
-            return Err(format!("truncated: only {} bytes", bytes.len()));
-        }
-        if &bytes[..8] != MAGIC {
-            return Err("not a stream slice (bad magic)".into());
-        }
-        let mut c = Cursor(&bytes[8..]);
-        let version = c.u32("version")?;
-        if version != SLICE_VERSION {
-            return Err(format!(
-                "slice format version {version}, this engine reads version {SLICE_VERSION}"
-            ));
-        }
-        let generation = c.u64("generation")?;
-        let body = c.u64("length")? as usize;
-        if bytes.len() != HEADER.saturating_add(body).saturating_add(4) {
-            return Err(format!(
-                "truncated: header announces {} bytes, the object has {}",
-                HEADER.saturating_add(body).saturating_add(4),
-                bytes.len()
-            ));
-        }
-        let (data, crc) = bytes.split_at(HEADER + body);
-        let want = u32::from_be_bytes(crc.try_into().unwrap_or_default());
-        if crc32fast::hash(data) != want {
-            return Err("checksum mismatch (the slice is corrupt)".into());
-        }
-        let mut c = Cursor(&data[HEADER..]);
+        let (generation, mut c) = SLICE.open(bytes)?;
         let stream = c.short("stream name")?;
         let point = c.u64("point")?;
         let released = c.take(1, "flags")?[0] & 1 == 1;
