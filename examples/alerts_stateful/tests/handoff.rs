@@ -1,5 +1,5 @@
 //! Issue 12: keyed state scoped per source stream travels between engines through the
-//! checkpoint store (here a directory; the Kafka scale-out test uses S3).
+//! checkpoint store (a directory; the fencing test also on the S3-compatible service).
 //!
 //! - `released_stream_moves_with_its_state`: engine A processes a stream to its end (EOS:
 //!   final, released slice); engine B takes the stream over at once, resumes after A's
@@ -24,6 +24,7 @@ use alerts_stateful::{
 use application::{Application, Endpoint};
 use bytes::BytesMut;
 use engine::slice::{slice_key, Slice};
+use engine::store::StoreUrl;
 use framing::{Frame, Hello};
 
 const USERS: u64 = 10;
@@ -50,7 +51,7 @@ struct Pair {
 }
 
 impl Pair {
-    fn start(dir: &Path, name: &str, store: &Path, extra: &[&str]) -> Pair {
+    fn start(dir: &Path, name: &str, store: &Store, extra: &[&str]) -> Pair {
         let app = dir.join(format!("{name}.toml"));
         std::fs::write(
             &app,
@@ -70,7 +71,7 @@ impl Pair {
             .arg("--application-module")
             .arg(&app)
             .arg("--checkpoint-store")
-            .arg(store)
+            .arg(&store.url)
             .args(["--stats-interval", "0"])
             .args(extra)
             .env("RUST_LOG", "info")
@@ -114,9 +115,65 @@ impl Drop for Pair {
     }
 }
 
-fn read_slice(store: &Path, stream: &str) -> Slice {
-    let bytes = std::fs::read(store.join(slice_key(stream))).unwrap();
-    Slice::decode(&bytes).unwrap()
+/// A checkpoint store the engines share: a directory, or a fresh bucket on the local
+/// S3-compatible service.
+struct Store {
+    url: String,
+}
+
+impl Store {
+    fn dir(dir: &Path) -> Store {
+        Store {
+            url: dir.join("store").display().to_string(),
+        }
+    }
+
+    fn s3() -> Store {
+        let endpoint = testkit::aws_endpoint();
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ] {
+            std::env::set_var(k, v); // inherited by the engines
+        }
+        let bucket = testkit::unique("handoff");
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&endpoint)
+            .credentials_provider(aws_sdk_s3::config::Credentials::for_tests())
+            .force_path_style(true)
+            .build();
+        runtime()
+            .block_on(
+                aws_sdk_s3::Client::from_conf(conf)
+                    .create_bucket()
+                    .bucket(&bucket)
+                    .send(),
+            )
+            .unwrap_or_else(|e| panic!("cannot create bucket {bucket} at {endpoint}: {e}"));
+        Store {
+            url: format!("s3://{bucket}/app?endpoint_url={endpoint}&region=us-east-1"),
+        }
+    }
+
+    /// The current slice of `stream`, read as the engines read it.
+    fn slice(&self, stream: &str) -> Slice {
+        let url = StoreUrl::parse(&self.url).unwrap();
+        let bytes = runtime().block_on(async {
+            let store = url.open().await.unwrap();
+            store.load(&slice_key(stream)).await.unwrap()
+        });
+        Slice::decode(&bytes.unwrap_or_else(|| panic!("no slice of {stream}")).0).unwrap()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn totals(slice: &Slice) -> HashMap<String, i64> {
@@ -141,10 +198,10 @@ fn feed_until(ep: &Endpoint, stream: &str, count: u64) {
 #[test]
 fn released_stream_moves_with_its_state() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let store = Store::dir(dir.path());
     let a = Pair::start(dir.path(), "a", &store, &[]);
     feed_until(&a.source, "txns/0", 1000);
-    let s = read_slice(&store, "txns/0");
+    let s = store.slice("txns/0");
     assert_eq!(
         (s.point, s.generation, s.released),
         (1000, 1, true),
@@ -159,7 +216,7 @@ fn released_stream_moves_with_its_state() {
         t0.elapsed() < Duration::from_secs(4),
         "a released stream is taken over without waiting"
     );
-    let s = read_slice(&store, "txns/0");
+    let s = store.slice("txns/0");
     assert_eq!(
         (s.point, s.generation, s.released),
         (2500, 2, true),
@@ -290,11 +347,21 @@ impl RawSource {
 }
 
 #[test]
-fn fenced_old_owner_cannot_overwrite_the_new_owners_slice() {
+fn fenced_old_owner_cannot_overwrite_the_new_owners_slice_in_a_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let store = Store::dir(dir.path());
+    fenced_old_owner(dir.path(), &store);
+}
+
+#[test]
+fn fenced_old_owner_cannot_overwrite_the_new_owners_slice_in_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    fenced_old_owner(dir.path(), &Store::s3());
+}
+
+fn fenced_old_owner(dir: &Path, store: &Store) {
     // A checkpoints every 3 s: it processes records its store does not hold yet.
-    let a = Pair::start(dir.path(), "a", &store, &["--checkpoint-interval", "3s"]);
+    let a = Pair::start(dir, "a", store, &["--checkpoint-interval", "3s"]);
     let (mut raw, point) = RawSource::open(&a.source, "txns/7");
     assert_eq!(point, framing::NOTHING_PROCESSED);
     raw.messages(1..=100);
@@ -303,7 +370,7 @@ fn fenced_old_owner_cannot_overwrite_the_new_owners_slice() {
     std::thread::sleep(Duration::from_millis(200));
     // A's connector stalls (a paused pair, a partition the group gave away): A still holds
     // the stream and does not release it.
-    let s = read_slice(&store, "txns/7");
+    let s = store.slice("txns/7");
     assert_eq!(
         (s.point, s.generation, s.released),
         (100, 1, false),
@@ -312,14 +379,14 @@ fn fenced_old_owner_cannot_overwrite_the_new_owners_slice() {
 
     // B takes the stream over from A's last slice once A failed to release it in 500 ms.
     let b = Pair::start(
-        dir.path(),
+        dir,
         "b",
-        &store,
+        store,
         &["--checkpoint-interval", "200ms", "--takeover-wait", "500ms"],
     );
     feed_until(&b.source, "txns/7", 400);
     assert!(b.log().contains("did not release it"), "{}", b.log());
-    let s = read_slice(&store, "txns/7");
+    let s = store.slice("txns/7");
     assert_eq!(s.generation, 2, "{s:?}");
 
     // A's next checkpoint (within 3 s of its last) tries to write its slice at 150: refused.
@@ -340,7 +407,7 @@ fn fenced_old_owner_cannot_overwrite_the_new_owners_slice() {
         "nothing past A's last durable slice is acknowledged"
     );
     drop(raw);
-    let s = read_slice(&store, "txns/7");
+    let s = store.slice("txns/7");
     assert_eq!((s.point, s.generation, s.released), (400, 2, true), "{s:?}");
     assert!(s.owner.starts_with("worker1@"), "{s:?}");
     assert_eq!(
@@ -353,7 +420,7 @@ fn fenced_old_owner_cannot_overwrite_the_new_owners_slice() {
 #[test]
 fn a_closed_connection_releases_its_streams_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let store = Store::dir(dir.path());
     let a = Pair::start(dir.path(), "a", &store, &["--checkpoint-interval", "1s"]);
     let (mut raw, _) = RawSource::open(&a.source, "txns/3");
     raw.messages(1..=300);
@@ -362,14 +429,14 @@ fn a_closed_connection_releases_its_streams_at_once() {
     std::thread::sleep(Duration::from_millis(100));
     drop(raw); // the connector dies: A writes the stream's final slice right away
     let t0 = Instant::now();
-    while !read_slice(&store, "txns/3").released {
+    while !store.slice("txns/3").released {
         assert!(
             t0.elapsed() < Duration::from_secs(5),
             "A never released the stream"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let s = read_slice(&store, "txns/3");
+    let s = store.slice("txns/3");
     assert_eq!(s.point, 320, "{s:?}");
     let b = Pair::start(dir.path(), "b", &store, &["--takeover-wait", "30s"]);
     let t0 = Instant::now();
@@ -379,13 +446,13 @@ fn a_closed_connection_releases_its_streams_at_once() {
         "no wait for a released stream"
     );
     assert!(b.log().contains("at point 320"), "{}", b.log());
-    assert_eq!(totals(&read_slice(&store, "txns/3")), expected(500));
+    assert_eq!(totals(&store.slice("txns/3")), expected(500));
 }
 
 #[test]
 fn a_stopping_engine_releases_its_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let store = Store::dir(dir.path());
     let mut a = Pair::start(dir.path(), "a", &store, &["--checkpoint-interval", "5s"]);
     let (mut raw, _) = RawSource::open(&a.source, "txns/5");
     raw.messages(1..=120);
@@ -405,7 +472,7 @@ fn a_stopping_engine_releases_its_streams() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(raw);
-    let s = read_slice(&store, "txns/5");
+    let s = store.slice("txns/5");
     assert_eq!((s.point, s.released), (120, true), "{s:?}\n{}", a.log());
     assert!(a.log().contains("released 1 stream(s)"), "{}", a.log());
     assert_eq!(totals(&s), expected(120));
