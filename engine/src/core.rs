@@ -191,6 +191,18 @@ impl Core {
             .unwrap_or_default()
     }
 
+    /// Whether a take-over already waited in vain for a release by `owner`.
+    pub fn gave_up_on(&self, owner: &str) -> bool {
+        self.scope.as_ref().is_some_and(|s| s.gone.contains(owner))
+    }
+
+    /// Records that `owner` did not release a stream within `--takeover-wait`.
+    pub fn give_up_on(&mut self, owner: &str) {
+        if let Some(s) = &mut self.scope {
+            s.gone.insert(owner.to_string());
+        }
+    }
+
     /// The owner name written into this engine's slices.
     pub fn stream_owner_name(&self) -> String {
         self.scope

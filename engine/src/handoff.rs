@@ -66,6 +66,9 @@ pub(crate) struct StreamScope {
     pub takeover_wait: Duration,
     /// The engine is stopping: slices written now are final (released).
     pub stopping: bool,
+    /// Previous owners that did not release a stream within `takeover_wait`: their other
+    /// unreleased slices are taken at once.
+    pub gone: FxHashSet<String>,
     /// NOTIFYs for the take-over task.
     pub requests: mpsc::UnboundedSender<TakeOver>,
     /// Wakes the checkpointer before its interval (after an EOS).
@@ -89,6 +92,7 @@ impl StreamScope {
                 ending: FxHashSet::default(),
                 takeover_wait,
                 stopping: false,
+                gone: FxHashSet::default(),
                 requests,
                 checkpoint_now: Rc::new(Notify::new()),
             },
@@ -223,7 +227,9 @@ async fn take_over(core: &Rc<RefCell<Core>>, store: &dyn CheckpointStore, req: T
                 }
                 return;
             }
-            Found::Held(slice, _) if t0.elapsed() < wait => {
+            Found::Held(slice, _)
+                if t0.elapsed() < wait && !core.borrow().gave_up_on(&slice.owner) =>
+            {
                 if !waiting {
                     waiting = true;
                     info!(
@@ -235,6 +241,9 @@ async fn take_over(core: &Rc<RefCell<Core>>, store: &dyn CheckpointStore, req: T
                 continue;
             }
             Found::Held(slice, version) => {
+                // Its other streams are taken without waiting again (a connector NOTIFYs
+                // them one after the other): the owner is gone or stalled.
+                core.borrow_mut().give_up_on(&slice.owner);
                 warn!(
                     "stream `{}`: {} (generation {}) did not release it within {wait:?}: taking it over from its last slice ({}); that engine's later writes will be refused",
                     req.name,

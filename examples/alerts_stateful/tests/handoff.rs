@@ -477,3 +477,37 @@ fn a_stopping_engine_releases_its_streams() {
     assert!(a.log().contains("released 1 stream(s)"), "{}", a.log());
     assert_eq!(totals(&s), expected(120));
 }
+
+#[test]
+fn an_owner_that_does_not_release_is_waited_for_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::dir(dir.path());
+    let a = Pair::start(dir.path(), "a", &store, &["--checkpoint-interval", "200ms"]);
+    // A holds two streams and never releases them (its connector stalls).
+    let mut held = Vec::new();
+    for name in ["txns/1", "txns/2"] {
+        let (mut raw, _) = RawSource::open(&a.source, name);
+        raw.messages(1..=50);
+        raw.wait_acked(50);
+        held.push(raw);
+    }
+    let b = Pair::start(dir.path(), "b", &store, &["--takeover-wait", "2s"]);
+    let t0 = Instant::now();
+    feed_until(&b.source, "txns/1", 100);
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "the first take-over waits"
+    );
+    // A connector NOTIFYs its streams one after the other: the second one does not wait.
+    let t1 = Instant::now();
+    feed_until(&b.source, "txns/2", 100);
+    assert!(
+        t1.elapsed() < Duration::from_millis(1500),
+        "waited again for an owner already given up on: {:?}",
+        t1.elapsed()
+    );
+    for name in ["txns/1", "txns/2"] {
+        assert_eq!(totals(&store.slice(name)), expected(100), "{name}");
+    }
+    drop(held);
+}
