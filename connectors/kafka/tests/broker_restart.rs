@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -92,7 +91,7 @@ impl Storage {
         let bucket = testkit::unique("tansu")
             .replace('_', "-")
             .to_ascii_lowercase();
-        create_bucket(&endpoint, &bucket);
+        common::s3_create_bucket(&endpoint, &bucket);
         Storage {
             url: format!("s3://{bucket}/"),
             env: [
@@ -129,30 +128,6 @@ fn psql(db: &str, sql: &str) {
         out.status.success(),
         "psql on {db} failed: {}",
         String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Creates a bucket with a plain HTTP PUT (moto does not check signatures).
-fn create_bucket(endpoint: &str, bucket: &str) {
-    let hostport = endpoint
-        .split("://")
-        .nth(1)
-        .unwrap_or(endpoint)
-        .trim_end_matches('/');
-    let mut s = std::net::TcpStream::connect(hostport)
-        .unwrap_or_else(|e| panic!("cannot reach the S3 service at {endpoint}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "PUT /{bucket} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    assert!(
-        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
-        "cannot create bucket {bucket} at {endpoint}: {}",
-        answer.lines().next().unwrap_or("")
     );
 }
 

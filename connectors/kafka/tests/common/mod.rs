@@ -204,29 +204,41 @@ fn produce_to(
         }
         n += 1;
         let (k, v) = record(i, value_size);
-        let mut rec = BaseRecord::to(topic)
+        let rec = BaseRecord::to(topic)
             .key(&k)
             .payload(&v)
             .partition(partition);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((e, r)) => {
-                    assert!(
-                        matches!(
-                            e.rdkafka_error_code(),
-                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        ),
-                        "produce: {e}"
-                    );
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send_retrying(&p, rec);
     }
     p.flush(Duration::from_secs(120)).expect("flush producer");
     n
+}
+
+/// Queues one record, waiting while the producer's queue is full (any other error fails).
+pub fn send_retrying<'a, C, K, P>(
+    p: &ThreadedProducer<C>,
+    mut rec: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+) where
+    C: rdkafka::producer::ProducerContext + 'static,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((e, r)) => {
+                assert!(
+                    matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ),
+                    "produce: {e}"
+                );
+                rec = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
 }
 
 /// The group's committed offsets of partitions `0..partitions` (-1 when none).
@@ -478,6 +490,14 @@ pub struct Pair {
     pub source_args: Vec<String>,
     pub sink_args: Vec<String>,
     pub engine_args: Vec<String>,
+    /// The engine program and the arguments before the common ones (`engine` and none;
+    /// `alerts_stateful` and `run` for an application binary).
+    pub engine_program: (String, Vec<String>),
+    /// Connector names of the source and the sink in the application file.
+    pub source_name: String,
+    pub sink_name: String,
+    /// Environment variables set on every process of the pair.
+    pub env: Vec<(String, String)>,
     /// Port of kafka_source's `--metrics-addr`, chosen at each start.
     pub source_metrics: u16,
     /// Port of the engine's `--metrics-addr`, chosen at each start.
@@ -488,15 +508,29 @@ pub struct Pair {
 impl Pair {
     /// Writes the application file: `in` -> `out`, `credits` for both connectors.
     pub fn new(dir: &std::path::Path, tag: &str, credits: u32) -> Pair {
+        Pair::with_app(dir, tag, "in", "out", |source_port, sink_port| {
+            testkit::AppFile::new(&format!("kafka_{tag}"))
+                .source("in", source_port, &format!("max_credits = {credits}"))
+                .sink("out", sink_port, &format!("max_credits = {credits}"))
+                .pipeline("in", &["out"])
+        })
+    }
+
+    /// A pair whose application file `app(source port, sink port)` declares the source
+    /// connector `source` and the sink connector `sink` (the `engine` binary runs it unless
+    /// `engine_program` is changed).
+    pub fn with_app(
+        dir: &std::path::Path,
+        tag: &str,
+        source: &str,
+        sink: &str,
+        app: impl FnOnce(u16, u16) -> testkit::AppFile,
+    ) -> Pair {
         let dir = dir.join(tag);
         std::fs::create_dir_all(&dir).unwrap();
         let source_port = testkit::free_port();
         let sink_port = testkit::free_port();
-        let app = testkit::AppFile::new(&format!("kafka_{tag}"))
-            .source("in", source_port, &format!("max_credits = {credits}"))
-            .sink("out", sink_port, &format!("max_credits = {credits}"))
-            .pipeline("in", &["out"])
-            .write(&dir);
+        let app = app(source_port, sink_port).write(&dir);
         Pair {
             dir,
             app,
@@ -508,34 +542,34 @@ impl Pair {
             source_args: Vec::new(),
             sink_args: Vec::new(),
             engine_args: Vec::new(),
+            engine_program: ("engine".to_string(), Vec::new()),
+            source_name: source.to_string(),
+            sink_name: sink.to_string(),
+            env: Vec::new(),
             source_metrics: 0,
             engine_metrics: 0,
             starts: 0,
         }
     }
 
-    fn spawn(&mut self, program: &str, mut args: Vec<String>) -> testkit::Proc {
+    fn spawn(&mut self, program: &str, first: &[String], args: Vec<String>) -> testkit::Proc {
         self.starts += 1;
-        let mut all = vec![
-            "--application-module".to_string(),
-            self.app.display().to_string(),
-            "--stats-interval".to_string(),
-            std::env::var("KAFKA_TEST_STATS").unwrap_or_else(|_| "0".into()),
-        ];
-        all.append(&mut args);
-        testkit::Proc::spawn(
-            &self.dir,
-            &format!("{program}.{}", self.starts),
-            &testkit::bin(program),
-            &all,
-        )
+        let mut cmd = std::process::Command::new(testkit::bin(program));
+        cmd.args(first)
+            .arg("--application-module")
+            .arg(&self.app)
+            .arg("--stats-interval")
+            .arg(std::env::var("KAFKA_TEST_STATS").unwrap_or_else(|_| "0".into()))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        testkit::Proc::spawn_with(&self.dir, &format!("{program}.{}", self.starts), &mut cmd)
     }
 
     /// Starts kafka_sink and waits until it listens.
     pub fn start_sink(&mut self) {
-        let mut args = vec!["--connector".to_string(), "out".to_string()];
+        let mut args = vec!["--connector".to_string(), self.sink_name.clone()];
         args.extend(self.sink_args.iter().cloned());
-        let mut p = self.spawn("kafka_sink", args);
+        let mut p = self.spawn("kafka_sink", &[], args);
         if !testkit::wait_for_port(self.sink_port, Duration::from_secs(20)) {
             let e = p.stderr();
             p.kill9();
@@ -550,11 +584,12 @@ impl Pair {
         let mut args = self.engine_args.clone();
         args.push("--metrics-addr".into());
         args.push(format!("127.0.0.1:{}", self.engine_metrics));
-        let mut p = self.spawn("engine", args);
+        let (program, first) = self.engine_program.clone();
+        let mut p = self.spawn(&program, &first, args);
         if !testkit::wait_for_port(self.source_port, Duration::from_secs(20)) {
             let e = p.stderr();
             p.kill9();
-            panic!("engine did not listen: {e}");
+            panic!("{program} did not listen: {e}");
         }
         self.engine = Some(p);
     }
@@ -564,12 +599,12 @@ impl Pair {
         self.source_metrics = testkit::free_port();
         let mut args = vec![
             "--connector".to_string(),
-            "in".to_string(),
+            self.source_name.clone(),
             "--metrics-addr".to_string(),
             format!("127.0.0.1:{}", self.source_metrics),
         ];
         args.extend(self.source_args.iter().cloned());
-        let p = self.spawn("kafka_source", args);
+        let p = self.spawn("kafka_source", &[], args);
         self.source = Some(p);
     }
 
@@ -668,5 +703,139 @@ pub fn test_dir() -> TestDir {
     TestDir {
         path: dir.path().to_path_buf(),
         _guard: Some(dir),
+    }
+}
+
+/// One request to the S3-compatible service at `endpoint` (moto), as plain HTTP: moto does
+/// not check request signatures, so the `Authorization` header names the test credentials
+/// with a dummy signature (without one, moto answers reads of objects with 403 as for an
+/// anonymous client). Returns the status and the body; panics with the reason when the
+/// service does not answer.
+pub fn s3_request(endpoint: &str, method: &str, path: &str) -> (u16, Vec<u8>) {
+    try_s3_request(endpoint, method, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_s3_request(endpoint: &str, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
+    use std::io::Read;
+    let hostport = endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
+    let fail = |e: &dyn std::fmt::Display| format!("{method} {path} at {endpoint}: {e}");
+    let mut s = std::net::TcpStream::connect(hostport)
+        .map_err(|e| fail(&format!("cannot reach the S3 service: {e}")))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| fail(&e))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=testing/20250101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| fail(&e))?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).map_err(|e| fail(&e))?;
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| fail(&"no HTTP answer"))?;
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut body = answer[head_end + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        let (mut plain, mut rest) = (Vec::new(), &body[..]);
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = std::str::from_utf8(&rest[..eol])
+                .ok()
+                .and_then(|h| usize::from_str_radix(h.split(';').next()?.trim(), 16).ok())
+                .unwrap_or(0);
+            if size == 0 || rest.len() < eol + 2 + size {
+                break;
+            }
+            plain.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[(eol + 4 + size).min(rest.len())..];
+        }
+        body = plain;
+    }
+    Ok((status, body))
+}
+
+/// `key` as a URL path: every byte outside `[A-Za-z0-9-._~/]` as `%XX`.
+fn url_path(key: &str) -> String {
+    key.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Creates `bucket` on the S3 service at `endpoint`.
+pub fn s3_create_bucket(endpoint: &str, bucket: &str) {
+    let (status, body) = s3_request(endpoint, "PUT", &format!("/{bucket}"));
+    assert!(
+        status == 200,
+        "cannot create bucket {bucket} at {endpoint}: HTTP {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// The object `key` of `bucket`, `None` when there is none.
+pub fn s3_get(endpoint: &str, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    let (status, body) = s3_request(endpoint, "GET", &format!("/{bucket}/{}", url_path(key)));
+    match status {
+        200 => Some(body),
+        404 => None,
+        _ => panic!(
+            "GET s3://{bucket}/{key} at {endpoint}: HTTP {status} {}",
+            String::from_utf8_lossy(&body)
+        ),
+    }
+}
+
+/// The keys of `bucket` (the first 1,000).
+pub fn s3_list(endpoint: &str, bucket: &str) -> Vec<String> {
+    try_s3_list(endpoint, bucket).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_s3_list(endpoint: &str, bucket: &str) -> Result<Vec<String>, String> {
+    let (status, body) = try_s3_request(endpoint, "GET", &format!("/{bucket}?list-type=2"))?;
+    let text = String::from_utf8_lossy(&body);
+    if status != 200 {
+        return Err(format!(
+            "list s3://{bucket} at {endpoint}: HTTP {status} {text}"
+        ));
+    }
+    Ok(text
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(|k| {
+            k.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&")
+        })
+        .collect())
+}
+
+/// Deletes its bucket and every object in it when dropped (also when the test fails).
+pub struct BucketCleanup {
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl Drop for BucketCleanup {
+    fn drop(&mut self) {
+        let (endpoint, bucket) = (&self.endpoint, &self.bucket);
+        for key in try_s3_list(endpoint, bucket).unwrap_or_default() {
+            let _ = try_s3_request(endpoint, "DELETE", &format!("/{bucket}/{}", url_path(&key)));
+        }
+        let _ = try_s3_request(endpoint, "DELETE", &format!("/{bucket}"));
     }
 }
