@@ -23,6 +23,8 @@ pub struct Progress {
     pub acked: AtomicU64,
     /// Connections made.
     pub sessions: AtomicU64,
+    /// Bytes of MESSAGE frames written (replays included).
+    pub bytes: AtomicU64,
 }
 
 trait Sock: Read + Write + Send {
@@ -230,6 +232,7 @@ fn session(
                 }
                 s.write_all(&out).map_err(|e| e.to_string())?;
                 progress.sent.store(next - 1, Ordering::SeqCst);
+                progress.bytes.fetch_add(out.len() as u64, Ordering::SeqCst);
             }
             write(&mut *s, &Frame::Eos { stream_id })?;
             let (m, cv) = &*shared;

@@ -6,10 +6,12 @@
 //!   generator source connector (like the seed's GenSource).
 //! - `alerts_stateful print-sink --application-module app.toml`: a sink connector printing
 //!   the alerts.
-//! - `alerts_stateful bench --users N --count M`: throughput with checkpoints, in process.
+//! - `alerts_stateful bench --users N --count M [--state-scope stream] [--checkpoint-store URL]`:
+//!   throughput with checkpoints, in process (engine scope: snapshots in a temporary
+//!   directory; stream scope: slices in that directory or in the store given).
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use alerts_stateful::{build_app, feed, generated_transaction, print_sink, SINK, SOURCE};
@@ -66,6 +68,13 @@ enum Cmd {
         /// Time between checkpoints.
         #[arg(long, default_value = "1s", value_parser = engine::options::parse_duration)]
         checkpoint_interval: Duration,
+        /// Keyed state per engine (snapshots) or per source stream (slices).
+        #[arg(long, default_value = "engine", value_parser = ["engine", "stream"])]
+        state_scope: String,
+        /// Stream scope: where the slices go (a directory or s3://BUCKET/PREFIX?...; the
+        /// bucket must exist); default: a temporary directory.
+        #[arg(long, value_name = "URL")]
+        checkpoint_store: Option<String>,
     },
 }
 
@@ -138,7 +147,15 @@ fn real_main(cli: Cli) -> Result<(), String> {
             users,
             count,
             checkpoint_interval,
-        } => bench(users, count, checkpoint_interval),
+            state_scope,
+            checkpoint_store,
+        } => bench(
+            users,
+            count,
+            checkpoint_interval,
+            &state_scope,
+            checkpoint_store,
+        ),
     }
 }
 
@@ -146,7 +163,16 @@ fn real_main(cli: Cli) -> Result<(), String> {
 /// (`ALERTS_BENCH_IN_FLIGHT_BYTES` overrides it).
 const BENCH_IN_FLIGHT_BYTES: u64 = 512 * 1024 * 1024;
 
-fn bench(users: u64, count: u64, interval: Duration) -> Result<(), String> {
+fn bench(
+    users: u64,
+    count: u64,
+    interval: Duration,
+    scope: &str,
+    store: Option<String>,
+) -> Result<(), String> {
+    if store.is_some() && scope != "stream" {
+        return Err("--checkpoint-store goes with --state-scope stream".into());
+    }
     let dir = std::env::temp_dir().join(format!("alerts-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let app_file = dir.join("app.toml");
@@ -155,7 +181,7 @@ fn bench(users: u64, count: u64, interval: Duration) -> Result<(), String> {
         format!(
             // Acknowledgements wait for the checkpoint: what is sent in one interval is in
             // flight, so the bound is raised above the default (16 MiB: ~0.35 M transactions).
-            "name = \"alerts bench\"\n[source_connectors.{SOURCE}]\npath = \"{}\"\nmax_credits = 65536\nin_flight_bytes = {}\n[sink_connectors.{SINK}]\npath = \"{}\"\n",
+            "name = \"alerts bench\"\nstate_scope = \"{scope}\"\n[source_connectors.{SOURCE}]\npath = \"{}\"\nmax_credits = 65536\nin_flight_bytes = {}\n[sink_connectors.{SINK}]\npath = \"{}\"\n",
             dir.join("in.sock").display(),
             std::env::var("ALERTS_BENCH_IN_FLIGHT_BYTES")
                 .ok()
@@ -170,7 +196,18 @@ fn bench(users: u64, count: u64, interval: Duration) -> Result<(), String> {
     std::thread::spawn(move || print_sink::run(&sink_ep, true));
     let registry = telemetry::Registry::default();
     let reg = registry.clone();
-    let resilience = dir.join("resilience");
+    // Engine scope: snapshots in --resilience-dir; stream scope: slices in the store.
+    let (resilience_dir, checkpoint_store) = match scope {
+        "stream" => (
+            None,
+            Some(store.unwrap_or_else(|| dir.join("store").display().to_string())),
+        ),
+        _ => (Some(dir.join("resilience")), None),
+    };
+    let place = checkpoint_store
+        .clone()
+        .map(|s| s.split('?').next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| "a directory".into());
     let engine = engine::spawn(
         move || {
             let mut app = engine::App::with_registry(reg);
@@ -179,7 +216,8 @@ fn bench(users: u64, count: u64, interval: Duration) -> Result<(), String> {
         },
         config.clone(),
         engine::RunOptions {
-            resilience_dir: Some(resilience),
+            resilience_dir,
+            checkpoint_store,
             checkpoint_interval: interval,
             stats_interval: Duration::ZERO,
             ..Default::default()
@@ -192,16 +230,33 @@ fn bench(users: u64, count: u64, interval: Duration) -> Result<(), String> {
         .ok_or("no source endpoint")?;
     let progress = feed::Progress::default();
     let t0 = Instant::now();
-    feed::feed(
-        &ep,
-        "",
-        "bench",
-        count,
-        &|i| generated_transaction(7, users, i),
-        &progress,
-        Duration::from_secs(30),
-    )?;
+    // When the acknowledged point moved (after each checkpoint), sampled every millisecond.
+    let mut steps: Vec<(Instant, u64)> = Vec::new();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                let a = progress.acked.load(Ordering::SeqCst);
+                if steps.last().map_or(a > 0, |l| l.1 != a) {
+                    steps.push((Instant::now(), a));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let fed = feed::feed(
+            &ep,
+            "",
+            "bench",
+            count,
+            &|i| generated_transaction(7, users, i),
+            &progress,
+            Duration::from_secs(30),
+        );
+        done.store(true, Ordering::SeqCst);
+        fed
+    })?;
     let secs = t0.elapsed().as_secs_f64();
+    let frame_bytes = progress.bytes.load(Ordering::SeqCst) as f64 / count as f64;
     let text = registry.render();
     let metric = |name: &str| {
         text.lines()
@@ -211,10 +266,26 @@ fn bench(users: u64, count: u64, interval: Duration) -> Result<(), String> {
             .to_string()
     };
     println!(
-        "alerts bench: {count} transactions, {users} users, checkpoint every {interval:?}: {:.2} s, {:.2} M transactions/s acknowledged end to end",
+        "alerts bench: {count} transactions, {users} users, {scope} scope, checkpoint every {interval:?} to {place}: {:.2} s, {:.2} M transactions/s ({:.1} MB/s of frames) acknowledged end to end",
         secs,
-        count as f64 / secs / 1e6
+        count as f64 / secs / 1e6,
+        count as f64 * frame_bytes / secs / 1e6
     );
+    // Steady state: from the first acknowledgements (after the first checkpoint) to the last
+    // before the end: not the start-up, nor the wait for the final checkpoint (engine scope
+    // takes it at the next tick, stream scope at once after EOS).
+    let periodic: Vec<&(Instant, u64)> = steps.iter().filter(|s| s.1 < count).collect();
+    if let [first, .., last] = periodic[..] {
+        let rate = (last.1 - first.1) as f64 / (last.0 - first.0).as_secs_f64();
+        println!(
+            "steady state: {:.2} M transactions/s ({:.1} MB/s) acknowledged over {:.2} s",
+            rate / 1e6,
+            rate * frame_bytes / 1e6,
+            (last.0 - first.0).as_secs_f64()
+        );
+    } else {
+        println!("steady state: the run is shorter than two periodic checkpoints");
+    }
     let mean_ms = |name: &str| {
         let sum: f64 = metric(&format!("{name}_sum")).parse().unwrap_or(f64::NAN);
         let count: f64 = metric(&format!("{name}_count")).parse().unwrap_or(f64::NAN);
@@ -228,7 +299,6 @@ fn bench(users: u64, count: u64, interval: Duration) -> Result<(), String> {
         metric("engine_checkpoint_bytes"),
         metric("engine_messages_total{direction=\"out\"}"),
     );
-    let _ = progress.sessions.load(Ordering::SeqCst);
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
