@@ -5,43 +5,35 @@
 use engine::slice::{slice_key, Slice};
 use engine::store::{Expect, StoreError, StoreUrl};
 
-fn env() -> String {
+#[test]
+fn conditional_writes_fence_a_stale_owner() {
+    testkit::s3::set_test_env();
     let endpoint = testkit::aws_endpoint();
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        std::env::set_var(k, v);
-    }
-    endpoint
-}
-
-#[tokio::test]
-async fn conditional_writes_fence_a_stale_owner() {
-    let endpoint = env();
-    let bucket = testkit::unique("ckpt");
-    let url = format!("s3://{bucket}/app/one?endpoint_url={endpoint}&region=us-east-1");
-    let StoreUrl::S3(loc) = StoreUrl::parse(&url).unwrap() else {
-        panic!("not s3")
+    let url = |bucket: &str| {
+        StoreUrl::parse(&format!(
+            "s3://{bucket}/app/one?endpoint_url={endpoint}&region=us-east-1"
+        ))
+        .unwrap()
     };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     // The bucket must exist: a clear error until it does.
-    let e = match StoreUrl::S3(loc.clone()).open().await {
+    let missing = testkit::unique("ckpt-missing").replace('_', "-");
+    let e = match rt.block_on(url(&missing).open()) {
         Err(e) => e,
         Ok(_) => panic!("a missing bucket must be refused"),
     };
-    assert!(e.contains(&bucket) && e.contains("create it"), "{e}");
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_s3::config::Credentials::for_tests())
-        .force_path_style(true)
-        .build();
-    let s3 = aws_sdk_s3::Client::from_conf(conf);
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    assert!(e.contains(&missing) && e.contains("create it"), "{e}");
+    let bucket = testkit::s3::TestBucket::create("ckpt");
+    rt.block_on(fences(url(&bucket.name), &bucket.name));
+    // The object is where the contract says.
+    assert_eq!(bucket.keys(), vec!["app/one/streams/orders%2F3.slice"]);
+}
 
-    let store = StoreUrl::S3(loc).open().await.unwrap();
+async fn fences(url: StoreUrl, bucket: &str) {
+    let store = url.open().await.unwrap();
     assert_eq!(store.describe(), format!("s3://{bucket}/app/one"));
     let key = slice_key("orders/3");
     assert!(store.load(&key).await.unwrap().is_none());
@@ -83,8 +75,4 @@ async fn conditional_writes_fence_a_stale_owner() {
     let (bytes, v) = store.load(&key).await.unwrap().unwrap();
     assert_eq!(v, v2);
     assert_eq!(Slice::decode(&bytes).unwrap(), slice);
-    // The object is where the contract says.
-    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
-    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
-    assert_eq!(keys, vec!["app/one/streams/orders%2F3.slice"]);
 }

@@ -7,6 +7,7 @@
 //! is not reachable fails the test with a message saying how to start it.
 
 pub mod proxy;
+pub mod s3;
 pub mod shell;
 
 pub use proxy::Proxy;

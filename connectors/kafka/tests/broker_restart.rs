@@ -68,6 +68,8 @@ struct Storage {
     env: Vec<(String, String)>,
     /// The PostgreSQL database to drop at the end.
     database: Option<String>,
+    /// The bucket of S3 storage, deleted at the end.
+    _bucket: Option<testkit::s3::TestBucket>,
 }
 
 impl Storage {
@@ -83,17 +85,15 @@ impl Storage {
             url: format!("postgres://postgres@127.0.0.1:5432/{db}?sslmode=disable"),
             env: Vec::new(),
             database: Some(db),
+            _bucket: None,
         }
     }
 
     fn s3() -> Storage {
         let endpoint = testkit::aws_endpoint();
-        let bucket = testkit::unique("tansu")
-            .replace('_', "-")
-            .to_ascii_lowercase();
-        common::s3_create_bucket(&endpoint, &bucket);
+        let bucket = testkit::s3::TestBucket::create("tansu");
         Storage {
-            url: format!("s3://{bucket}/"),
+            url: format!("s3://{}/", bucket.name),
             env: [
                 ("AWS_ENDPOINT", endpoint.as_str()),
                 ("AWS_ENDPOINT_URL", endpoint.as_str()),
@@ -107,6 +107,7 @@ impl Storage {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
             database: None,
+            _bucket: Some(bucket),
         }
     }
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use alerts_stateful::{check_transaction_total, decode_transaction, TransactionTotal};
 use common::{Pair, Reader};
+use engine::slice::slice_key;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message};
 use smol_str::SmolStr;
@@ -212,20 +213,6 @@ fn reference(txs: &[Tx], at: &[(usize, i32, i64)]) -> Reference {
     r
 }
 
-/// The store key of a stream's slice (the engine's contract): `PREFIX/streams/NAME.slice`,
-/// every byte of NAME outside `[A-Za-z0-9._-]` as `%XX`.
-fn slice_key(prefix: &str, stream: &str) -> String {
-    let mut name = String::new();
-    for b in stream.bytes() {
-        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
-            name.push(b as char);
-        } else {
-            name.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("{prefix}/streams/{name}.slice")
-}
-
 /// `engine_messages_total` in and out of a running pair's engine.
 fn engine_counts(pair: &Pair) -> (u64, u64) {
     let text = testkit::shell::scrape(pair.engine_metrics);
@@ -311,19 +298,15 @@ fn stateful_pairs_hand_partitions_and_their_state_over_through_s3() {
     let input = testkit::unique("so_in");
     let output = testkit::unique("so_out");
     let group = testkit::unique("so_group");
-    let bucket = testkit::unique("scale-out")
-        .replace('_', "-")
-        .to_ascii_lowercase();
     let _topics = common::cleanup(&brokers, &[&input, &output]);
     common::create_topic(&brokers, &input, PARTITIONS);
     common::create_topic(&brokers, &output, PARTITIONS);
-    common::s3_create_bucket(&endpoint, &bucket);
-    let _bucket = common::BucketCleanup {
-        endpoint: endpoint.clone(),
-        bucket: bucket.clone(),
-    };
+    let bucket = testkit::s3::TestBucket::create("scale-out");
     let prefix = "ckpt";
-    let store = format!("s3://{bucket}/{prefix}?endpoint_url={endpoint}&region=us-east-1");
+    let store = format!(
+        "s3://{}/{prefix}?endpoint_url={endpoint}&region=us-east-1",
+        bucket.name
+    );
     let txs = transactions();
 
     let dir = common::test_dir();
@@ -370,15 +353,10 @@ fn stateful_pairs_hand_partitions_and_their_state_over_through_s3() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        p.env = [
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        p.env = testkit::s3::TEST_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         p
     };
     let (mut a, mut b, mut c) = (new_pair("a"), new_pair("b"), new_pair("c"));
@@ -476,8 +454,8 @@ fn stateful_pairs_hand_partitions_and_their_state_over_through_s3() {
     let read_slices = || -> Vec<Option<engine::slice::Slice>> {
         (0..PARTITIONS)
             .map(|p| {
-                let key = slice_key(prefix, &format!("{input}/{p}"));
-                common::s3_get(&endpoint, &bucket, &key).map(|bytes| {
+                let key = format!("{prefix}/{}", slice_key(&format!("{input}/{p}")));
+                bucket.get(&key).map(|bytes| {
                     engine::slice::Slice::decode(&bytes)
                         .unwrap_or_else(|e| panic!("slice {key} does not decode: {e}"))
                 })
@@ -501,8 +479,8 @@ fn stateful_pairs_hand_partitions_and_their_state_over_through_s3() {
             format!(
                 "the slices' points {points:?} never reached the partitions' last offsets {:?} (keys {}: {:?})",
                 r.last,
-                bucket,
-                common::s3_list(&endpoint, &bucket)
+                bucket.name,
+                bucket.keys()
             ),
         );
     }

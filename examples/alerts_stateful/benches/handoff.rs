@@ -352,77 +352,28 @@ impl Raw {
     }
 }
 
-/// A bucket of its own on the S3-compatible service.
+/// A bucket of its own on the S3-compatible service (deleted with what the runs left in
+/// it, also after a failed run), and a runtime to reach it through the engine's store API.
 struct S3 {
-    endpoint: String,
-    bucket: String,
-    client: aws_sdk_s3::Client,
+    bucket: testkit::s3::TestBucket,
     rt: tokio::runtime::Runtime,
 }
 
 impl S3 {
-    /// Creates the bucket, credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (default
-    /// `testing`, any value does for moto), set for this process and the engines it starts.
+    /// Creates the bucket; the test credentials are set for this process and the engines
+    /// it starts (before any thread starts).
     fn create() -> S3 {
-        for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-            if std::env::var_os(k).is_none() {
-                std::env::set_var(k, "testing"); // before any thread starts
-            }
-        }
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        let endpoint = testkit::aws_endpoint();
-        let conf = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
-                std::env::var("AWS_SECRET_ACCESS_KEY").unwrap(),
-                None,
-                None,
-                "bench",
-            ))
-            .force_path_style(true)
-            .build();
-        let client = aws_sdk_s3::Client::from_conf(conf);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let bucket = testkit::unique("handoff-bench").replace('_', "-");
-        rt.block_on(client.create_bucket().bucket(&bucket).send())
-            .unwrap_or_else(|e| panic!("cannot create bucket {bucket} at {endpoint}: {e}"));
+        testkit::s3::set_test_env();
         S3 {
-            endpoint,
-            bucket,
-            client,
-            rt,
+            bucket: testkit::s3::TestBucket::create("handoff-bench"),
+            rt: tokio::runtime::Runtime::new().unwrap(),
         }
     }
 
     fn url(&self, prefix: &str) -> String {
         format!(
             "s3://{}/{prefix}?endpoint_url={}&region=us-east-1",
-            self.bucket, self.endpoint
+            self.bucket.name, self.bucket.endpoint
         )
-    }
-}
-
-impl Drop for S3 {
-    /// Deletes the bucket and what the runs left in it (also after a failed run).
-    fn drop(&mut self) {
-        self.rt.block_on(async {
-            let list = self.client.list_objects_v2().bucket(&self.bucket);
-            if let Ok(l) = list.send().await {
-                for o in l.contents() {
-                    let key = o.key().unwrap_or_default();
-                    let del = self.client.delete_object().bucket(&self.bucket).key(key);
-                    let _ = del.send().await;
-                }
-            }
-            let _ = self
-                .client
-                .delete_bucket()
-                .bucket(&self.bucket)
-                .send()
-                .await;
-        });
     }
 }

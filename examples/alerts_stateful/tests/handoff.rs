@@ -119,42 +119,27 @@ impl Drop for Pair {
 /// S3-compatible service.
 struct Store {
     url: String,
+    /// The S3 bucket, deleted with its slices at the end.
+    _bucket: Option<testkit::s3::TestBucket>,
 }
 
 impl Store {
     fn dir(dir: &Path) -> Store {
         Store {
             url: dir.join("store").display().to_string(),
+            _bucket: None,
         }
     }
 
     fn s3() -> Store {
-        let endpoint = testkit::aws_endpoint();
-        for (k, v) in [
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ] {
-            std::env::set_var(k, v); // inherited by the engines
-        }
-        let bucket = testkit::unique("handoff");
-        let conf = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .credentials_provider(aws_sdk_s3::config::Credentials::for_tests())
-            .force_path_style(true)
-            .build();
-        runtime()
-            .block_on(
-                aws_sdk_s3::Client::from_conf(conf)
-                    .create_bucket()
-                    .bucket(&bucket)
-                    .send(),
-            )
-            .unwrap_or_else(|e| panic!("cannot create bucket {bucket} at {endpoint}: {e}"));
+        testkit::s3::set_test_env(); // inherited by the engines
+        let bucket = testkit::s3::TestBucket::create("handoff");
         Store {
-            url: format!("s3://{bucket}/app?endpoint_url={endpoint}&region=us-east-1"),
+            url: format!(
+                "s3://{}/app?endpoint_url={}&region=us-east-1",
+                bucket.name, bucket.endpoint
+            ),
+            _bucket: Some(bucket),
         }
     }
 
