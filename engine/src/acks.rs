@@ -147,25 +147,30 @@ impl AckTracker {
 
     /// Stream scope: another engine owns `stream_id` now. Its pending marks are dropped
     /// unacknowledged (the new owner processes those messages again); while a connection
-    /// still sends it, its messages are dropped and its EOS answered at once. Returns
-    /// whether a connection still owns it (else it is forgotten).
-    pub fn fence(&mut self, stream_id: u64) -> bool {
+    /// still sends it, its messages are dropped and its EOS answered at once. A stream no
+    /// connection owns is forgotten.
+    pub fn fence(&mut self, stream_id: u64) {
         if self.owner(stream_id).is_none() {
             self.forget(stream_id);
-            return false;
+            return;
         }
         let Some(rec) = self.streams.get_mut(&stream_id) else {
-            return false;
+            return;
         };
-        for m in rec.marks.drain(..) {
+        let marks = std::mem::take(&mut rec.marks);
+        rec.fenced = true;
+        rec.eos_hold = false;
+        self.uncount(&marks);
+    }
+
+    /// Takes dropped (never acknowledged) marks out of the in-flight counts.
+    fn uncount(&mut self, marks: &VecDeque<Mark>) {
+        for m in marks {
             self.in_flight -= m.count;
             if let Some(b) = self.in_flight_bytes.get_mut(m.source) {
                 *b -= m.bytes;
             }
         }
-        rec.fenced = true;
-        rec.eos_hold = false;
-        true
     }
 
     /// Stream scope: the slice of `stream_id` taken in `epoch` is durable.
@@ -192,12 +197,7 @@ impl AckTracker {
     /// next owner. Returns the connection that owned it.
     pub fn forget(&mut self, stream_id: u64) -> Option<ConnId> {
         let rec = self.streams.remove(&stream_id)?;
-        for m in &rec.marks {
-            self.in_flight -= m.count;
-            if let Some(b) = self.in_flight_bytes.get_mut(m.source) {
-                *b -= m.bytes;
-            }
-        }
+        self.uncount(&rec.marks);
         rec.owner
     }
 

@@ -111,16 +111,24 @@ pub struct Snapshot {
     pub outputs: Vec<(String, Vec<u8>)>,
 }
 
+/// The pairs of state store `name` among `(store name, bytes)` sections, decoded.
+pub(crate) fn find_state<K: DeserializeOwned, S: DeserializeOwned>(
+    states: &[(String, Vec<u8>)],
+    name: &str,
+) -> Option<Result<Vec<(K, S)>, String>> {
+    states
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, b)| crate::partition::decode_pairs(b))
+}
+
 impl Snapshot {
     /// The pairs of state store `name` (e.g. `"transactions#0"`), decoded.
     pub fn state<K: DeserializeOwned, S: DeserializeOwned>(
         &self,
         name: &str,
     ) -> Option<Result<Vec<(K, S)>, String>> {
-        self.states
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, b)| crate::partition::decode_pairs(b))
+        find_state(&self.states, name)
     }
 
     /// Loads the newest valid snapshot in `dir`. `Ok(None)` when there is none; an error
@@ -280,6 +288,19 @@ impl<'a> Cursor<'a> {
             self.take(8, w)?.try_into().unwrap_or_default(),
         ))
     }
+    /// `u32 n`, then n x (`u16` name length, name, `u64` length, bytes): named sections
+    /// (`what` names them in errors: "state", "sink").
+    pub(crate) fn sections(&mut self, what: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let n = self.u32(&format!("{what} count"))?;
+        let mut v = Vec::new();
+        for _ in 0..n {
+            let name = self.short(&format!("{what} name"))?;
+            let len = self.u64(&format!("{what} length"))? as usize;
+            v.push((name, self.take(len, &format!("{what} bytes"))?.to_vec()));
+        }
+        Ok(v)
+    }
+
     pub(crate) fn short(&mut self, w: &str) -> Result<String, String> {
         let n = self.u16(w)? as usize;
         String::from_utf8(self.take(n, w)?.to_vec()).map_err(|_| format!("{w} is not UTF-8"))
@@ -297,20 +318,8 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         let p = c.u64("stream point")?;
         points.push((id, name, p));
     }
-    let n = c.u32("state count")?;
-    let mut states = Vec::new();
-    for _ in 0..n {
-        let name = c.short("state name")?;
-        let len = c.u64("state length")? as usize;
-        states.push((name, c.take(len, "state bytes")?.to_vec()));
-    }
-    let n = c.u32("sink count")?;
-    let mut outputs = Vec::new();
-    for _ in 0..n {
-        let name = c.short("sink name")?;
-        let len = c.u64("outputs length")? as usize;
-        outputs.push((name, c.take(len, "outputs")?.to_vec()));
-    }
+    let states = c.sections("state")?;
+    let outputs = c.sections("sink")?;
     if !c.0.is_empty() {
         return Err(format!(
             "{} unexpected bytes after the last section",

@@ -147,10 +147,7 @@ async fn checkpoint_once(
             let total = t0.elapsed();
             c.set_durable(epoch);
             let m = c.metrics();
-            m.checkpoints.inc();
-            m.checkpoint_duration.observe(total);
-            m.checkpoint_snapshot.observe(snap_time);
-            m.checkpoint_bytes.set(len as i64);
+            m.checkpoint_written(total, snap_time, len);
             info!(
                 "checkpoint {epoch}: {keys} keys, {len} bytes, snapshot {:.1} ms, total {:.1} ms",
                 snap_time.as_secs_f64() * 1e3,

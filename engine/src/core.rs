@@ -255,12 +255,18 @@ impl Core {
         Ok(())
     }
 
-    /// The name of stream `stream` (empty when unknown), for log lines.
-    fn stream_name(&self, stream: u64) -> String {
-        self.tracker
+    /// Forgets a stream whose final slice is in the store, saying why in the log.
+    fn forget_released(&mut self, stream: u64, why: &str) {
+        let keys = self.stream_keys(stream);
+        let name = self
+            .tracker
             .stream_point(stream)
             .map(|(n, _)| n.to_string())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.forget_stream(stream);
+        tracing::info!(
+            "stream `{name}` {why}: its final slice is in the store; its {keys} key(s) dropped here"
+        );
     }
 
     /// Number of keys `stream` holds in every store.
@@ -329,14 +335,9 @@ impl Core {
             scope.ending.remove(&stream);
             self.tracker.release_eos(stream);
         } else if self.tracker.owner(stream).is_none() {
-            // Its connection is gone and its final slice is in the store: the next owner,
-            // or its own reconnecting connector, takes it from there.
-            let keys = self.stream_keys(stream);
-            let name = self.stream_name(stream);
-            self.forget_stream(stream);
-            tracing::info!(
-                "stream `{name}` released (its connection closed): its final slice is in the store; its {keys} key(s) dropped here"
-            );
+            // Its connection is gone: the next owner, or its own reconnecting connector,
+            // takes it from the store.
+            self.forget_released(stream, "released (its connection closed)");
         }
     }
 
@@ -704,12 +705,7 @@ impl Core {
         if self.hands_off() {
             // Their final slice is in the store: the next owner takes it from there.
             for stream in ended {
-                let keys = self.stream_keys(stream);
-                let name = self.stream_name(stream);
-                self.forget_stream(stream);
-                tracing::info!(
-                    "stream `{name}` ended: its final slice is in the store; its {keys} key(s) dropped here"
-                );
+                self.forget_released(stream, "ended");
             }
         }
         self.metrics.acked.add(self.tracker.acked_total - before);

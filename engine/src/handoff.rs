@@ -372,7 +372,7 @@ struct Pending {
 
 async fn checkpoint_once(core: &Rc<RefCell<Core>>, store: &dyn CheckpointStore) {
     let t0 = Instant::now();
-    let (epoch, pending, watermarks) = {
+    let (epoch, mut pending, watermarks) = {
         let mut c = core.borrow_mut();
         let pending = match c.take_stream_slices() {
             Ok(p) if p.is_empty() => return,
@@ -417,8 +417,8 @@ async fn checkpoint_once(core: &Rc<RefCell<Core>>, store: &dyn CheckpointStore) 
     }
     let bytes: usize = pending.iter().map(|p| p.bytes.len()).sum();
     let writes = pending
-        .iter()
-        .map(|p| store.save(&p.key, p.bytes.clone(), p.expect.clone()));
+        .iter_mut()
+        .map(|p| store.save(&p.key, std::mem::take(&mut p.bytes), p.expect.clone()));
     let results = futures::future::join_all(writes).await;
     let mut c = core.borrow_mut();
     let mut failed = false;
@@ -449,10 +449,7 @@ async fn checkpoint_once(core: &Rc<RefCell<Core>>, store: &dyn CheckpointStore) 
     } else {
         m.readiness.ready("checkpoint store");
         let total = t0.elapsed();
-        m.checkpoints.inc();
-        m.checkpoint_duration.observe(total);
-        m.checkpoint_snapshot.observe(snap_time);
-        m.checkpoint_bytes.set(bytes as i64);
+        m.checkpoint_written(total, snap_time, bytes);
         tracing::debug!(
             "checkpoint {epoch}: {} stream slice(s), {bytes} bytes, snapshot {:.1} ms, total {:.1} ms",
             pending.len(),

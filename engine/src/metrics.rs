@@ -162,6 +162,20 @@ impl Metrics {
         }
     }
 
+    /// Records a checkpoint written: its total time, the time it held the data path and
+    /// its size.
+    pub fn checkpoint_written(
+        &self,
+        total: std::time::Duration,
+        snapshot: std::time::Duration,
+        bytes: usize,
+    ) {
+        self.checkpoints.inc();
+        self.checkpoint_duration.observe(total);
+        self.checkpoint_snapshot.observe(snapshot);
+        self.checkpoint_bytes.set(bytes as i64);
+    }
+
     /// Counts one error of `kind` (protocol errors, decode errors, sink errors...).
     pub fn error(&self, kind: &str) {
         self.registry

@@ -22,7 +22,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::checkpoint::{put_short, Envelope};
+use crate::checkpoint::{find_state, put_short, Envelope};
 
 /// Current slice format version.
 pub const SLICE_VERSION: u32 = 1;
@@ -55,10 +55,7 @@ impl Slice {
         &self,
         name: &str,
     ) -> Option<Result<Vec<(K, S)>, String>> {
-        self.states
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, b)| crate::partition::decode_pairs(b))
+        find_state(&self.states, name)
     }
 
     /// Encodes the slice (header, body, CRC).
@@ -90,13 +87,7 @@ impl Slice {
         let point = c.u64("point")?;
         let released = c.take(1, "flags")?[0] & 1 == 1;
         let owner = c.short("owner")?;
-        let n = c.u32("state count")?;
-        let mut states = Vec::new();
-        for _ in 0..n {
-            let name = c.short("state name")?;
-            let len = c.u64("state length")? as usize;
-            states.push((name, c.take(len, "state bytes")?.to_vec()));
-        }
+        let states = c.sections("state")?;
         if !c.0.is_empty() {
             return Err(format!("{} unexpected bytes after the states", c.0.len()));
         }

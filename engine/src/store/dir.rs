@@ -95,19 +95,25 @@ impl DirStore {
     }
 }
 
+/// Runs a blocking file operation on tokio's blocking threads, off the data thread.
+fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> StoreFuture<'static, T> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Failed(format!("store thread failed: {e}")))?
+    })
+}
+
 impl CheckpointStore for DirStore {
     fn describe(&self) -> String {
         format!("directory {}", self.dir.display())
     }
 
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<(Vec<u8>, Version)>> {
-        let me = self.clone();
-        let key = key.to_string();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || me.load_blocking(&key))
-                .await
-                .map_err(|e| StoreError::Failed(format!("store thread failed: {e}")))?
-        })
+        let (me, key) = (self.clone(), key.to_string());
+        off_thread(move || me.load_blocking(&key))
     }
 
     fn save<'a>(
@@ -116,13 +122,8 @@ impl CheckpointStore for DirStore {
         bytes: Vec<u8>,
         expect: Expect,
     ) -> StoreFuture<'a, Version> {
-        let me = self.clone();
-        let key = key.to_string();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || me.save_blocking(&key, &bytes, &expect))
-                .await
-                .map_err(|e| StoreError::Failed(format!("store thread failed: {e}")))?
-        })
+        let (me, key) = (self.clone(), key.to_string());
+        off_thread(move || me.save_blocking(&key, &bytes, &expect))
     }
 }
 
